@@ -1,0 +1,1 @@
+"""Grain input pipelines, TFDS builders and the synthetic shapes generator."""

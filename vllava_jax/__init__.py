@@ -1,0 +1,17 @@
+"""vllava_jax: Video-LLaVA in JAX/Flax NNX, numerically faithful to the PyTorch reference."""
+
+from vllava_jax.config import TextConfig, VideoLlavaConfig, VisionConfig
+from vllava_jax.errors import CheckpointError, ConfigError, InputError, VllavaError
+from vllava_jax.model import VideoLlava, load_pretrained
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "InputError",
+    "TextConfig",
+    "VideoLlava",
+    "VideoLlavaConfig",
+    "VisionConfig",
+    "VllavaError",
+    "load_pretrained",
+]

@@ -1,0 +1,91 @@
+"""Read tensors from one or many `.safetensors` files lazily, as numpy memory maps.
+
+Our own reader of the (simple, documented) format: bfloat16 works without torch, and a 7B
+checkpoint never has to fit in memory at once; only the tensor being converted is paged in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import ml_dtypes
+import numpy as np
+from etils import epath
+
+from vllava_jax.errors import CheckpointError
+
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _read_header(path: epath.Path) -> tuple[dict, int]:
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+        (size,) = struct.unpack("<Q", head)
+        raw = f.read(size)
+    if len(raw) < size:
+        raise CheckpointError(f"{path}: truncated safetensors header ({len(raw)} of {size} bytes)")
+    try:
+        return json.loads(raw), 8 + size
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from None
+
+
+class SafetensorsReader:
+    """Maps tensor name -> lazily read array over every `*.safetensors` file in a directory."""
+
+    def __init__(self, directory: epath.PathLike):
+        self.directory = epath.Path(directory)
+        files = sorted(self.directory.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{self.directory}: no *.safetensors files")
+        self._entries: dict[str, tuple[epath.Path, int, dict]] = {}
+        for path in files:
+            header, data_start = _read_header(path)
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                if info.get("dtype") not in _DTYPES:
+                    raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+                self._entries[name] = (path, data_start, info)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entries[name][2]["shape"])
+
+    def read(self, name: str) -> np.ndarray:
+        path, data_start, info = self._entries[name]
+        begin, end = info["data_offsets"]
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        shape = tuple(info["shape"])
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if end - begin != expected:
+            raise CheckpointError(f"{path}: tensor {name!r} spans {end - begin} bytes, its shape {shape} needs {expected}")
+        if not os.path.exists(str(path)):  # a remote path (gs://): read the bytes instead of mapping
+            with path.open("rb") as f:
+                f.seek(data_start + begin)
+                raw = f.read(expected)
+            if len(raw) < expected:
+                raise CheckpointError(f"{path}: tensor {name!r} lies past the end of the file")
+            return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        try:
+            array = np.memmap(str(path), dtype=dtype, mode="r", offset=data_start + begin, shape=shape or (1,))
+        except ValueError as e:
+            raise CheckpointError(f"{path}: tensor {name!r} lies past the end of the file ({e})") from None
+        return array.reshape(shape)

@@ -1,0 +1,160 @@
+"""Building blocks shared by the towers and the decoder: annotated params, dense, norms, attention.
+
+Every parameter carries logical axis names (`out_sharding` metadata); `vllava_jax.sharding` maps
+them onto a mesh. Eager sharding is off per variable: placement happens once, in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vllava_jax.config import DTypePolicy
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], dtype, init: str = "normal") -> nnx.Param:
+    """A parameter annotated with logical axis names; random values only matter for tests and init."""
+    assert len(shape) == len(axes), (shape, axes)
+    if init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        fan_in = shape[0] if len(shape) > 1 else 1
+        value = (jax.random.normal(rngs.params(), shape, jnp.float32) / math.sqrt(fan_in)).astype(dtype)
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel + bias, where kernel's input and output dims may each be split (e.g. into heads)."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        in_axes: Sequence[str | None],
+        out_axes: Sequence[str | None],
+        *,
+        use_bias: bool,
+        policy: DTypePolicy,
+        rngs: nnx.Rngs,
+    ):
+        self.in_ndim = len(in_shape)
+        self.policy = policy
+        self.kernel = param(rngs, (*in_shape, *out_shape), (*in_axes, *out_axes), policy.param_dtype)
+        self.bias = param(rngs, tuple(out_shape), tuple(out_axes), policy.param_dtype, "zeros") if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = self.policy.compute_dtype
+        n = self.in_ndim
+        kernel = self.kernel[...].astype(dtype)
+        y = jax.lax.dot_general(
+            x.astype(dtype), kernel, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
+        )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with statistics in float32, like torch's autocast keeps them."""
+
+    def __init__(self, dim: int, axis_name: str, eps: float, policy: DTypePolicy, rngs: nnx.Rngs):
+        self.eps = eps
+        self.policy = policy
+        self.scale = param(rngs, (dim,), (axis_name,), policy.param_dtype, "ones")
+        self.bias = param(rngs, (dim,), (axis_name,), policy.param_dtype, "zeros")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.policy.compute_dtype)
+
+
+class RMSNorm(nnx.Module):
+    """LLaMA RMSNorm: normalize in float32, cast back, then scale (transformers' order of casts)."""
+
+    def __init__(self, dim: int, eps: float, policy: DTypePolicy, rngs: nnx.Rngs):
+        self.eps = eps
+        self.policy = policy
+        self.scale = param(rngs, (dim,), ("embed",), policy.param_dtype, "ones")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        dtype = self.policy.compute_dtype
+        return self.scale[...].astype(dtype) * y.astype(dtype)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is not one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    is_causal: bool = False,
+    key_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Softmax attention over (batch, len, heads, head_dim); k/v may have fewer heads (GQA).
+
+    `key_mask` (batch, key_len) is True where a key may be attended. Logits and softmax run in
+    float32 whatever the compute dtype; the output is in q's dtype.
+    """
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(q.dtype)
+
+
+def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs) -> nnx.Module:
+    """`num_layers` copies of a layer with a leading `layers` axis on every parameter, for scanning."""
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(layer_rngs: nnx.Rngs) -> nnx.Module:
+        return make_layer(layer_rngs)
+
+    return make(rngs)
+
+
+def scan_layers(
+    layers: nnx.Module,
+    carry: jax.Array,
+    body: Callable[[nnx.Module, jax.Array], jax.Array],
+    *,
+    length: int | None = None,
+    remat: bool = False,
+    collect: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Run the first `length` stacked layers as one compiled body; optionally collect every output."""
+    graphdef, state = nnx.split(layers)
+    if length is not None:
+        state = jax.tree.map(lambda a: a[:length], state)
+
+    def step(x, layer_state):
+        y = body(nnx.merge(graphdef, layer_state), x)
+        return y, (y if collect else None)
+
+    if remat:
+        step = jax.checkpoint(step, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return jax.lax.scan(step, carry, state)

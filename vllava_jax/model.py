@@ -102,7 +102,7 @@ def check_inputs(cfg: VideoLlavaConfig, input_ids, attention_mask, images, video
     special = (cfg.image_token_index, cfg.video_token_index)
     bad = (input_ids < 0) | ((input_ids >= vocab) & ~np.isin(input_ids, special))
     if bad.any():
-        raise InputError(f"input_ids holds ids outside the vocabulary [0, {vocab}): {sorted(set(input_ids[bad]))[:10]}")
+        raise InputError(f"input_ids holds ids outside the vocabulary [0, {vocab}): {sorted(set(input_ids[bad].tolist()))[:10]}")
 
     n_image_slots = int((input_ids == cfg.image_token_index).sum())
     n_images, per_image = 0, cfg.image_seq_length

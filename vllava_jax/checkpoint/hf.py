@@ -194,3 +194,21 @@ def read_params(
         shape = shapes[entry.ours][1:] if entry.stacked else shapes[entry.ours]
         parts = [entry.transform.to_ours(reader.read(available[n]), shape).astype(dtype) for n in entry.torch]
         yield entry.ours, np.stack(parts) if entry.stacked else parts[0]
+
+
+def on_disk_key(canonical: str) -> str:
+    """The spelling transformers' `save_pretrained` writes for a canonical key."""
+    if canonical.startswith("language_model."):
+        return "language_model.model." + canonical[len("language_model."):]
+    if canonical == "lm_head.weight":
+        return "language_model.lm_head.weight"
+    return canonical
+
+
+def torch_tensors(cfg: VideoLlavaConfig, params: dict[tuple[str, ...], np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+    """Our parameters as (transformers key, array) pairs, one stacked layer split per key."""
+    for entry in name_map(cfg):
+        value = np.asarray(params[entry.ours])
+        layers = list(value) if entry.stacked else [value]
+        for name, part in zip(entry.torch, layers):
+            yield on_disk_key(name), np.ascontiguousarray(entry.transform.to_torch(part))

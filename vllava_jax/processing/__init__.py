@@ -1,0 +1,1 @@
+"""Turning user files (videos, images, prompts) into model inputs."""

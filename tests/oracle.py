@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from transformers import VideoLlavaConfig as HFVideoLlavaConfig
@@ -84,8 +86,9 @@ def reference_logits(model, input_ids, attention_mask=None, images=None, videos=
     kwargs = dict(input_ids=torch.as_tensor(input_ids))
     if attention_mask is not None:
         kwargs["attention_mask"] = torch.as_tensor(attention_mask)
-    if images is not None:
-        kwargs["pixel_values"] = torch.as_tensor(images)
+    if images is not None:  # transformers 5.23 renamed pixel_values_images to pixel_values
+        name = "pixel_values" if "pixel_values" in inspect.signature(model.forward).parameters else "pixel_values_images"
+        kwargs[name] = torch.as_tensor(images)
     if videos is not None:
         kwargs["pixel_values_videos"] = torch.as_tensor(videos)
     if position_ids is not None:

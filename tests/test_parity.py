@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -90,7 +91,7 @@ def test_vision_tower_hidden_states_layer_by_layer(tiny_checkpoints, rng, name):
     path, ref_model = tiny_checkpoints(name)
     model = vllava_jax.load_pretrained(path)
     images = pixels(rng, ref_model, 2)
-    with torch.no_grad():
+    with torch.no_grad(), jax.default_matmul_precision("highest"):
         for tower in ("image_tower", "video_tower"):
             ref = getattr(ref_model.model, tower)(torch.as_tensor(images), output_hidden_states=True).hidden_states
             ours = getattr(model.module, tower).hidden_states(images, tuple(range(len(ref))))

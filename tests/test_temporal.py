@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import vllava_jax
 from tests import oracle
@@ -134,7 +134,8 @@ def test_temporal_tower_matches_reference_layer_by_layer(temporal_checkpoint, rn
     with torch.no_grad():
         ref = tower(torch.as_tensor(videos).permute(0, 2, 1, 3, 4))
     frames = videos.reshape(-1, 3, size, size)
-    ours = model.module.video_tower.hidden_states(frames, tuple(range(len(ref))), num_frames=FRAMES)
+    with jax.default_matmul_precision("highest"):
+        ours = model.module.video_tower.hidden_states(frames, tuple(range(len(ref))), num_frames=FRAMES)
     for layer, (o, r) in enumerate(zip(ours, ref)):
         err = np.abs(np.asarray(o) - r.numpy()).max()
         assert err < 1e-4 * np.abs(r.numpy()).max(), f"hidden state {layer}: max abs diff {err}"
@@ -151,8 +152,10 @@ def test_temporal_video_logits_match_reference_features(temporal_checkpoint, rng
     ids = oracle.make_ids(rng, [3, ("video", oracle.tokens_per_video(hf_model, FRAMES)), 4])[None]
     with torch.no_grad():
         features = hf_model.model.multi_modal_projector(tower(torch.as_tensor(videos).permute(0, 2, 1, 3, 4))[-2])
-        ref = hf_model(input_ids=torch.as_tensor(ids),
-                       mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=features)}).logits.numpy()
+        slots = torch.as_tensor(ids == oracle.VIDEO_TOKEN)
+        embeds = hf_model.get_input_embeddings()(torch.as_tensor(ids))
+        embeds[slots] = features.reshape(-1, features.shape[-1])  # what transformers' masked_scatter does
+        ref = hf_model(inputs_embeds=embeds).logits.numpy()
     ours = np.asarray(model(ids, pixel_values_videos=videos).logits)
     assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
 

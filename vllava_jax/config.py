@@ -252,14 +252,20 @@ def _text_to_hf(cfg: TextConfig) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class DTypePolicy:
-    """The one place dtypes are decided: what parameters are stored in and what matmuls run in."""
+    """The one place dtypes are decided: what parameters are stored in and what matmuls run in.
+
+    float32 asks for full-precision matmuls: on GPUs XLA would otherwise round float32 operands
+    to TF32 and lose parity with the reference.
+    """
 
     param_dtype: Any = jnp.float32
     compute_dtype: Any = jnp.float32
+    matmul_precision: str = "highest"
 
     @classmethod
     def from_name(cls, name: str) -> DTypePolicy:
         dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
         if name not in dtypes:
             raise ConfigError(f"dtype {name!r} is not one of {sorted(dtypes)}")
-        return cls(param_dtype=dtypes[name], compute_dtype=dtypes[name])
+        precision = "highest" if name == "float32" else "default"
+        return cls(param_dtype=dtypes[name], compute_dtype=dtypes[name], matmul_precision=precision)

@@ -67,15 +67,16 @@ class VideoLlava:
         input_ids = np.asarray(input_ids)
         attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
         check_inputs(self.config, input_ids, attention_mask, pixel_values_images, pixel_values_videos)
-        logits = _forward(
-            self.graphdef,
-            self.state,
-            jnp.asarray(input_ids, jnp.int32),
-            jnp.asarray(attention_mask, jnp.int32),
-            None if pixel_values_images is None else jnp.asarray(pixel_values_images),
-            None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
-            None if position_ids is None else jnp.asarray(position_ids, jnp.int32),
-        )
+        with jax.default_matmul_precision(self.policy.matmul_precision):
+            logits = _forward(
+                self.graphdef,
+                self.state,
+                jnp.asarray(input_ids, jnp.int32),
+                jnp.asarray(attention_mask, jnp.int32),
+                None if pixel_values_images is None else jnp.asarray(pixel_values_images),
+                None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
+                None if position_ids is None else jnp.asarray(position_ids, jnp.int32),
+            )
         return ModelOutput(logits=logits)
 
 

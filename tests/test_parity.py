@@ -113,3 +113,23 @@ def test_bfloat16_stays_near_float32(tiny_checkpoints, rng):
     scale = np.abs(f32).max()
     assert np.abs(bf16 - f32).max() < 0.05 * scale
     assert (bf16.argmax(-1) == f32.argmax(-1)).mean() > 0.9
+
+
+def test_remat_changes_memory_not_numbers(tiny_checkpoints, rng):
+    path, ref_model = tiny_checkpoints("gqa_default")
+    ids = oracle.make_ids(rng, [3, ("image", oracle.tokens_per_image(ref_model)), 6])[None]
+    images = pixels(rng, ref_model, 1)
+    plain = vllava_jax.load_pretrained(path)
+    remat = vllava_jax.load_pretrained(path, remat=True)
+    np.testing.assert_allclose(np.asarray(remat(ids, pixel_values_images=images).logits),
+                               np.asarray(plain(ids, pixel_values_images=images).logits), rtol=1e-6, atol=1e-6)
+
+    def loss(state, model):
+        from flax import nnx
+
+        logits = nnx.merge(model.graphdef, state)(jax.numpy.asarray(ids), jax.numpy.ones_like(ids), images)
+        return logits.astype("float32").std()
+
+    grads = [jax.grad(loss)(m.state, m) for m in (plain, remat)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

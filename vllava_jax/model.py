@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +15,12 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from vllava_jax import generation
 from vllava_jax.checkpoint import hf
 from vllava_jax.checkpoint.safetensors_io import SafetensorsReader
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
-from vllava_jax.errors import CheckpointError, InputError
+from vllava_jax.errors import CheckpointError
+from vllava_jax.inputs import check_inputs
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 
 
@@ -79,57 +81,33 @@ class VideoLlava:
             )
         return ModelOutput(logits=logits)
 
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values_images=None,
+        pixel_values_videos=None,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        key: jax.Array | None = None,
+    ) -> np.ndarray:
+        """Prompt + new tokens (batch, length + steps), greedy unless temperature > 0; pad after EOS.
 
-def _check_pixels(name: str, pixels, ndim: int, channels: int, size: int, layout: str) -> None:
-    shape = tuple(np.shape(pixels))
-    if len(shape) != ndim:
-        raise InputError(f"{name} has shape {shape}; expected {ndim} dims {layout}")
-    c, h, w = shape[-3:]
-    if c != channels and w == channels:
-        raise InputError(f"{name} has shape {shape}, which looks channels-last; expected {layout} "
-                         "as VideoLlavaProcessor returns (channels before height and width)")
-    if (c, h, w) != (channels, size, size):
-        raise InputError(f"{name} has shape {shape}; this model takes {layout} with C={channels}, "
-                         f"H=W={size}")
-
-
-def check_inputs(cfg: VideoLlavaConfig, input_ids, attention_mask, images, videos) -> None:
-    """Raise InputError when shapes or placeholder counts do not fit together."""
-    if input_ids.ndim != 2:
-        raise InputError(f"input_ids has shape {input_ids.shape}; expected (batch, length)")
-    if attention_mask.shape != input_ids.shape:
-        raise InputError(f"attention_mask has shape {attention_mask.shape} but input_ids has {input_ids.shape}")
-    vocab = cfg.text_config.vocab_size
-    special = (cfg.image_token_index, cfg.video_token_index)
-    bad = (input_ids < 0) | ((input_ids >= vocab) & ~np.isin(input_ids, special))
-    if bad.any():
-        raise InputError(f"input_ids holds ids outside the vocabulary [0, {vocab}): {sorted(set(input_ids[bad].tolist()))[:10]}")
-
-    n_image_slots = int((input_ids == cfg.image_token_index).sum())
-    n_images, per_image = 0, cfg.image_seq_length
-    if images is not None:
-        vc = cfg.vision_config
-        _check_pixels("pixel_values_images", images, 4, vc.num_channels, vc.image_size, "(N, C, H, W)")
-        n_images = np.shape(images)[0]
-    if n_image_slots != n_images * per_image:
-        raise InputError(
-            f"input_ids hold {n_image_slots} image placeholder tokens (id {cfg.image_token_index}) but "
-            f"pixel_values_images gives {n_images} image(s) x {per_image} tokens = {n_images * per_image}")
-
-    n_video_slots = int((input_ids == cfg.video_token_index).sum())
-    n_videos, per_video = 0, 0
-    if videos is not None:
-        vc = cfg.video_tower_config
-        _check_pixels("pixel_values_videos", videos, 5, vc.num_channels, vc.image_size, "(N, T, C, H, W)")
-        n_videos, frames = np.shape(videos)[:2]
-        if vc.add_time_attn and frames != vc.num_frames:
-            raise InputError(f"pixel_values_videos has {frames} frames; this video tower's temporal attention "
-                             f"was built for exactly {vc.num_frames}")
-        per_video = cfg.video_seq_length(frames)
-    if n_video_slots != n_videos * per_video:
-        raise InputError(
-            f"input_ids hold {n_video_slots} video placeholder tokens (id {cfg.video_token_index}) but "
-            f"pixel_values_videos gives {n_videos} video(s) x {per_video} tokens = {n_videos * per_video}")
+        Prompts must be left padded. EOS and pad default to the config's (pad falls back to EOS,
+        as in transformers).
+        """
+        text = self.config.text_config
+        eos = text.eos_token_id if eos_token_id is None else eos_token_id
+        eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+        pad = next(p for p in (pad_token_id, self.config.pad_token_id, text.pad_token_id, *eos, 0) if p is not None)
+        sampling = generation.SamplingConfig(max_new_tokens, temperature, top_k, top_p, eos, pad)
+        return generation.generate(self, input_ids, attention_mask, pixel_values_images, pixel_values_videos,
+                                   sampling=sampling, key=key)
 
 
 def load_pretrained(path: epath.PathLike, dtype: str = "float32", remat: bool = False) -> VideoLlava:

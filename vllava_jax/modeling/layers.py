@@ -7,7 +7,7 @@ them onto a mesh. Eager sharding is off per variable: placement happens once, in
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -116,13 +116,16 @@ def attention(
     *,
     is_causal: bool = False,
     key_mask: jax.Array | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax attention over (batch, len, heads, head_dim); k/v may have fewer heads (GQA).
 
-    `key_mask` (batch, key_len) is True where a key may be attended. Logits and softmax run in
-    float32 whatever the compute dtype; the output is in q's dtype.
+    `key_mask` (batch, key_len) is True where a key may be attended; `mask` (batch, 1, q_len,
+    key_len) is a full mask (used with a KV cache). Logits and softmax run in float32 whatever the
+    compute dtype; the output is in q's dtype.
     """
-    mask = None if key_mask is None else key_mask[:, None, None, :]
+    if key_mask is not None:
+        mask = key_mask[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(q.dtype)
 
 
@@ -140,21 +143,25 @@ def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs:
 def scan_layers(
     layers: nnx.Module,
     carry: jax.Array,
-    body: Callable[[nnx.Module, jax.Array], jax.Array],
+    body: Callable[[nnx.Module, jax.Array, Any], tuple[jax.Array, Any]],
     *,
+    xs: Any = None,
     length: int | None = None,
     remat: bool = False,
-    collect: bool = False,
-) -> tuple[jax.Array, jax.Array | None]:
-    """Run the first `length` stacked layers as one compiled body; optionally collect every output."""
+) -> tuple[jax.Array, Any]:
+    """Run the first `length` stacked layers as one compiled body.
+
+    `body(layer, carry, x) -> (carry, y)` sees its layer's slice `x` of `xs` (e.g. its KV cache);
+    the `y`s come back stacked along a leading layers axis.
+    """
     graphdef, state = nnx.split(layers)
     if length is not None:
         state = jax.tree.map(lambda a: a[:length], state)
 
-    def step(x, layer_state):
-        y = body(nnx.merge(graphdef, layer_state), x)
-        return y, (y if collect else None)
+    def step(c, inputs):
+        layer_state, x = inputs
+        return body(nnx.merge(graphdef, layer_state), c, x)
 
     if remat:
         step = jax.checkpoint(step, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-    return jax.lax.scan(step, carry, state)
+    return jax.lax.scan(step, carry, (state, xs))

@@ -1,6 +1,13 @@
-"""LLaMA decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU; layers scanned."""
+"""LLaMA decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU; layers scanned.
+
+Two entry points share one layer body: `__call__` runs a whole sequence (training, scoring), and
+`cached` writes the new tokens' keys and values into a preallocated KV cache at a slot offset and
+attends over every valid slot (generation: one prefill, then one token per step, static shapes).
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +16,19 @@ from flax import nnx
 from vllava_jax.config import DTypePolicy, TextConfig
 from vllava_jax.modeling.layers import Dense, RMSNorm, attention, param, scan_layers, stacked
 from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_tables
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, (layers, batch, slots, kv_heads, head_dim), and which slots hold a token."""
+
+    keys: jax.Array
+    values: jax.Array
+    valid: jax.Array  # (batch, slots) bool
+
+    @classmethod
+    def empty(cls, cfg: TextConfig, batch: int, slots: int, dtype) -> KVCache:
+        shape = (cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, slots), bool))
 
 
 class LlamaAttention(nnx.Module):
@@ -20,10 +40,20 @@ class LlamaAttention(nnx.Module):
         self.v = Dense(e, (cfg.num_key_value_heads, hd), ("embed",), ("kv_heads", "head_dim"), **common)
         self.o = Dense((cfg.num_attention_heads, hd), e, ("heads", "head_dim"), ("embed",), **common)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array) -> jax.Array:
+    def __call__(self, x, cos, sin, mask, cache=None, slot=None):
+        """Without `cache`: causal attention over `x`, `mask` = (batch, len) valid keys.
+
+        With `cache` = (keys, values) of this layer: write x's keys/values at `slot`, attend with
+        the full `mask` (batch, 1, len, slots); returns the updated cache too.
+        """
         q = apply_rotary(self.q(x), cos, sin)
         k = apply_rotary(self.k(x), cos, sin)
-        return self.o(attention(q, k, self.v(x), is_causal=True, key_mask=key_mask))
+        v = self.v(x)
+        if cache is None:
+            return self.o(attention(q, k, v, is_causal=True, key_mask=mask)), None
+        keys = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, slot, 0, 0))
+        values = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, slot, 0, 0))
+        return self.o(attention(q, keys, values, mask=mask)), (keys, values)
 
 
 class LlamaMLP(nnx.Module):
@@ -45,9 +75,10 @@ class LlamaLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, policy, rngs)
         self.mlp = LlamaMLP(cfg, policy, rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array) -> jax.Array:
-        x = x + self.attn(self.input_layernorm(x), cos, sin, key_mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x, cos, sin, mask, cache=None, slot=None):
+        h, cache = self.attn(self.input_layernorm(x), cos, sin, mask, cache, slot)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class LlamaDecoder(nnx.Module):
@@ -67,17 +98,45 @@ class LlamaDecoder(nnx.Module):
     def embed(self, input_ids: jax.Array) -> jax.Array:
         return self.embed_tokens[...].astype(self.policy.compute_dtype)[input_ids]
 
-    def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """(batch, len, embed) inputs -> (batch, len, vocab) logits; causal, padding keys masked."""
-        cfg = self.cfg
-        inv_freq = inverse_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions)
-        cos, sin = rotary_tables(inv_freq, positions, self.policy.compute_dtype)
-        key_mask = attention_mask.astype(bool)
-
-        def body(layer: LlamaLayer, h: jax.Array) -> jax.Array:
-            return layer(h, cos, sin, key_mask)
-
-        h, _ = scan_layers(self.layers, inputs_embeds.astype(self.policy.compute_dtype), body, remat=self.remat)
-        h = self.norm(h)
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        h = self.norm(hidden)
         head = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
         return h @ head.astype(h.dtype)
+
+    def _rotary(self, positions: jax.Array):
+        cfg = self.cfg
+        inv_freq = inverse_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions)
+        return rotary_tables(inv_freq, positions, self.policy.compute_dtype)
+
+    def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """(batch, len, embed) inputs -> (batch, len, vocab) logits; causal, padding keys masked."""
+        cos, sin = self._rotary(positions)
+        key_mask = attention_mask.astype(bool)
+
+        def body(layer: LlamaLayer, h: jax.Array, _):
+            return layer(h, cos, sin, key_mask)[0], None
+
+        h, _ = scan_layers(self.layers, inputs_embeds.astype(self.policy.compute_dtype), body, remat=self.remat)
+        return self.logits(h)
+
+    def cached(
+        self, inputs_embeds: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache, slot: jax.Array
+    ) -> tuple[jax.Array, KVCache]:
+        """Run `len` new tokens written at cache slots [slot, slot + len); returns the last hidden state.
+
+        `token_mask` (batch, len) says which new tokens are real (left padding in a prompt is not).
+        A token attends to every valid slot up to its own.
+        """
+        length = inputs_embeds.shape[1]
+        valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, slot))
+        slots = jnp.arange(valid.shape[1])
+        causal = slots[None, :] <= (slot + jnp.arange(length))[:, None]
+        mask = (valid[:, None, :] & causal[None])[:, None]
+        cos, sin = self._rotary(positions)
+
+        def body(layer: LlamaLayer, h: jax.Array, kv):
+            return layer(h, cos, sin, mask, kv, slot)
+
+        h, (keys, values) = scan_layers(self.layers, inputs_embeds.astype(self.policy.compute_dtype), body,
+                                        xs=(cache.keys, cache.values))
+        return h[:, -1], KVCache(keys, values, valid)

@@ -56,6 +56,23 @@ class VideoLlavaModel(nnx.Module):
         features = self.projector(jnp.concatenate(states, axis=-1))
         return features.reshape(-1, features.shape[-1])
 
+    def embed_inputs(
+        self,
+        input_ids: jax.Array,
+        pixel_values_images: jax.Array | None = None,
+        pixel_values_videos: jax.Array | None = None,
+    ) -> jax.Array:
+        """Token embeddings with every image/video placeholder replaced by its projected feature."""
+        cfg = self.cfg
+        is_image = input_ids == cfg.image_token_index
+        is_video = input_ids == cfg.video_token_index
+        embeds = self.language_model.embed(jnp.where(is_image | is_video, 0, input_ids))
+        if pixel_values_images is not None:
+            embeds = scatter_features(embeds, is_image, self.image_features(pixel_values_images))
+        if pixel_values_videos is not None:
+            embeds = scatter_features(embeds, is_video, self.video_features(pixel_values_videos))
+        return embeds
+
     def __call__(
         self,
         input_ids: jax.Array,
@@ -64,15 +81,7 @@ class VideoLlavaModel(nnx.Module):
         pixel_values_videos: jax.Array | None = None,
         position_ids: jax.Array | None = None,
     ) -> jax.Array:
-        cfg = self.cfg
-        is_image = input_ids == cfg.image_token_index
-        is_video = input_ids == cfg.video_token_index
-        text_ids = jnp.where(is_image | is_video, 0, input_ids)
-        embeds = self.language_model.embed(text_ids)
-        if pixel_values_images is not None:
-            embeds = scatter_features(embeds, is_image, self.image_features(pixel_values_images))
-        if pixel_values_videos is not None:
-            embeds = scatter_features(embeds, is_video, self.video_features(pixel_values_videos))
+        embeds = self.embed_inputs(input_ids, pixel_values_images, pixel_values_videos)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
         return self.language_model(embeds, position_ids, attention_mask)

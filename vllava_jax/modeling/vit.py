@@ -119,12 +119,13 @@ class VisionTower(nnx.Module):
         wanted = [i % total for i in indices]
         depth = max(wanted)
         x = self.embed(pixel_values)
-
-        def body(layer: VisionLayer, h: jax.Array) -> jax.Array:
-            return layer(h, num_frames)
-
         collect = len(set(wanted) - {0, depth}) > 0
-        last, every = scan_layers(self.layers, x, body, length=depth, remat=self.remat, collect=collect)
+
+        def body(layer: VisionLayer, h: jax.Array, _) -> tuple[jax.Array, jax.Array | None]:
+            h = layer(h, num_frames)
+            return h, (h if collect else None)
+
+        last, every = scan_layers(self.layers, x, body, length=depth, remat=self.remat)
         if collect:
             every = jnp.concatenate([x[None], every], axis=0)
             return [every[i] for i in wanted]

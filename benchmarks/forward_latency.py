@@ -10,38 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import tempfile
-import time
 
 import jax
 import numpy as np
 import torch
-from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
-import vllava_jax
-
-VOCAB = 32064
-
-
-def small_config(image_size: int) -> VideoLlavaConfig:
-    """ViT 12x384 towers, LLaMA 12x768: the small config of the performance issues."""
-    return VideoLlavaConfig(
-        vision_config=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
-                           image_size=image_size, patch_size=14),
-        text_config=dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                         vocab_size=VOCAB, max_position_embeddings=4096),
-        image_token_index=32000, video_token_index=32001)
-
-
-def median_seconds(fn, runs: int) -> float:
-    fn()  # warm-up (compiles ours)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from benchmarks.common import median_seconds, model_pair, small_config, video_prompt
 
 
 def main() -> None:
@@ -52,23 +26,12 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=64, help="text tokens around the video")
     args = parser.parse_args()
 
-    config = small_config(args.image_size)
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        reference = VideoLlavaForConditionalGeneration(config).eval()
-        reference.save_pretrained(tmp)
-        ours = vllava_jax.load_pretrained(tmp)
-    per_video = 8 * ((args.image_size // 14) ** 2 + 1)
-    half = args.text_tokens // 2
-    row = np.concatenate([rng.integers(3, 32000, half), np.full(per_video, 32001), rng.integers(3, 32000, half)])
-    ids = np.tile(row, (args.batch, 1))
-    videos = rng.standard_normal((args.batch, 8, 3, args.image_size, args.image_size)).astype(np.float32)
+    reference, ours = model_pair(small_config(args.image_size))
+    ids, videos = video_prompt(np.random.default_rng(0), args.batch, args.image_size, args.text_tokens)
+    t_ids, t_videos = torch.as_tensor(ids), torch.as_tensor(videos)
 
     def run_ours():
         jax.block_until_ready(ours(ids, pixel_values_videos=videos).logits)
-
-    t_ids, t_videos = torch.as_tensor(ids), torch.as_tensor(videos)
 
     def run_reference():
         with torch.inference_mode():
@@ -78,8 +41,8 @@ def main() -> None:
     ref_s = median_seconds(run_reference, args.runs)
     print(f"forward of batch {args.batch} x {ids.shape[1]} tokens (8 frames at {args.image_size}px), float32, "
           f"CPU, torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, median of {args.runs}")
-    print(f"| figure | ours (s) | transformers (s) | ours/ref |")
-    print(f"| --- | --- | --- | --- |")
+    print("| figure | ours (s) | transformers (s) | ours/ref |")
+    print("| --- | --- | --- | --- |")
     print(f"| prefill latency | {ours_s:.3f} | {ref_s:.3f} | {ours_s / ref_s:.2f} |")
 
 

@@ -1,0 +1,139 @@
+"""KV-cached generation against transformers' `generate(do_sample=False)` on tiny random models."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+from transformers import VideoLlavaForConditionalGeneration
+
+import vllava_jax
+from tests import oracle
+from vllava_jax import generation
+
+EOS, PAD = 2, 0
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("generation")
+    oracle.save_tiny_model(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return vllava_jax.load_pretrained(checkpoint)
+
+
+def reference_generate(checkpoint, ids, mask, images, videos, new_tokens, eos=EOS):
+    """transformers' greedy tokens, and per step the smallest top-2 logit margin over the batch."""
+    ref = VideoLlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
+    kwargs = dict(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))
+    if images is not None:
+        kwargs["pixel_values"] = torch.as_tensor(images)
+    if videos is not None:
+        kwargs["pixel_values_videos"] = torch.as_tensor(videos)
+    with torch.no_grad():
+        out = ref.generate(**kwargs, max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos,
+                           pad_token_id=PAD, output_scores=True, return_dict_in_generate=True)
+    margins = [float((s.topk(2).values[:, 0] - s.topk(2).values[:, 1]).min()) for s in out.scores]
+    return out.sequences.numpy(), margins
+
+
+def assert_same_tokens(ours, ref, margins, prompt_len):
+    """Equal up to the first step where the reference's top-2 margin is too small to call."""
+    decided = next((i for i, m in enumerate(margins) if m < 1e-4), len(margins))
+    assert decided >= len(margins) // 2, f"reference too close to call from step {decided}"
+    np.testing.assert_array_equal(ours[:, : prompt_len + decided], ref[:, : prompt_len + decided])
+    if decided == len(margins):
+        assert ours.shape == ref.shape
+
+
+def left_pad(rows):
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), PAD, np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("kind", ["text", "image", "video"])
+def test_greedy_matches_transformers(checkpoint, model, rng, kind):
+    pieces = {"text": [6], "image": [3, ("image", 4), 5], "video": [2, ("video", 15), 3]}[kind]
+    ids = oracle.make_ids(rng, pieces)[None]
+    images = rng.standard_normal((1, 3, 28, 28)).astype(np.float32) if kind == "image" else None
+    videos = rng.standard_normal((1, 3, 3, 28, 28)).astype(np.float32) if kind == "video" else None
+    ref, margins = reference_generate(checkpoint, ids, np.ones_like(ids), images, videos, 12, eos=[])
+    ours = model.generate(ids, pixel_values_images=images, pixel_values_videos=videos, max_new_tokens=12,
+                          eos_token_id=[], pad_token_id=PAD)
+    assert_same_tokens(ours, ref, margins, ids.shape[1])
+
+
+def test_left_padded_mixed_batch_matches_transformers_and_single_rows(checkpoint, model, rng):
+    rows = [oracle.make_ids(rng, [2, ("video", 15), 4]), oracle.make_ids(rng, [3, ("image", 4), 2]),
+            oracle.make_ids(rng, [5])]
+    images = rng.standard_normal((1, 3, 28, 28)).astype(np.float32)
+    videos = rng.standard_normal((1, 3, 3, 28, 28)).astype(np.float32)
+    ids, mask = left_pad(rows)
+    # stop row 0 early: its third greedy token becomes EOS, so the others must go on and row 0 pads
+    probe = model.generate(rows[0][None], pixel_values_videos=videos, max_new_tokens=3, eos_token_id=[])
+    eos = int(probe[0, -1])
+    ref, margins = reference_generate(checkpoint, ids, mask, images, videos, 10, eos=eos)
+    ours = model.generate(ids, mask, images, videos, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD)
+    assert_same_tokens(ours, ref, margins, ids.shape[1])
+    assert ours[0, ids.shape[1] + 2] == eos and (ours[0, ids.shape[1] + 3:] == PAD).all()
+
+    for i, row in enumerate(rows):
+        alone = model.generate(row[None], pixel_values_images=images if i == 1 else None,
+                               pixel_values_videos=videos if i == 0 else None, max_new_tokens=10,
+                               eos_token_id=eos, pad_token_id=PAD)
+        new = alone[0, len(row):]
+        np.testing.assert_array_equal(ours[i, ids.shape[1]: ids.shape[1] + len(new)], new)
+
+
+def test_stream_yields_what_generate_returns(model, rng):
+    ids = oracle.make_ids(rng, [3, ("image", 4), 5])[None]
+    images = rng.standard_normal((1, 3, 28, 28)).astype(np.float32)
+    sampling = generation.SamplingConfig(max_new_tokens=8, eos_token_ids=(), pad_token_id=PAD)
+    streamed = [t[0] for t in generation.stream(model, ids, None, images, None, sampling=sampling)]
+    full = generation.generate(model, ids, None, images, None, sampling=sampling)
+    np.testing.assert_array_equal(np.asarray(streamed), full[0, ids.shape[1]:])
+
+
+def test_sampling_follows_key_and_filters():
+    logits = jax.numpy.asarray(np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4000, np.float32)))
+    greedy = generation.SamplingConfig(temperature=0.0)
+    assert (np.asarray(generation.choose_tokens(logits, jax.random.key(0), greedy)) == 0).all()
+    top2 = generation.SamplingConfig(temperature=1.0, top_k=2)
+    tokens = np.asarray(generation.choose_tokens(logits, jax.random.key(1), top2))
+    assert set(tokens.tolist()) == {0, 1} and abs((tokens == 0).mean() - 0.5 / 0.8) < 0.03
+    nucleus = generation.SamplingConfig(temperature=1.0, top_p=0.7)  # keeps 0.5 + 0.3
+    tokens = np.asarray(generation.choose_tokens(logits, jax.random.key(2), nucleus))
+    assert set(tokens.tolist()) == {0, 1}
+    again = np.asarray(generation.choose_tokens(logits, jax.random.key(2), nucleus))
+    np.testing.assert_array_equal(tokens, again)
+
+
+def test_sampled_generation_is_reproducible(model, rng):
+    ids = oracle.make_ids(rng, [6])[None]
+    a = model.generate(ids, max_new_tokens=6, temperature=0.8, top_p=0.9, key=jax.random.key(5), eos_token_id=[])
+    b = model.generate(ids, max_new_tokens=6, temperature=0.8, top_p=0.9, key=jax.random.key(5), eos_token_id=[])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_prompts_are_refused(model, rng):
+    with pytest.raises(vllava_jax.InputError, match="empty prompt"):
+        model.generate(np.zeros((1, 0), np.int64))
+    long = oracle.make_ids(rng, [500])[None]
+    with pytest.raises(vllava_jax.InputError, match="500 tokens .* 520 exceeds the context of 512"):
+        model.generate(long, max_new_tokens=20)
+    with pytest.raises(vllava_jax.InputError, match="image placeholder tokens"):
+        model.generate(oracle.make_ids(rng, [2, ("image", 4)])[None])
+    with pytest.raises(vllava_jax.InputError, match="0 image placeholder tokens .* 1 image"):
+        model.generate(oracle.make_ids(rng, [4])[None], pixel_values_images=np.zeros((1, 3, 28, 28), np.float32))
+    ids, mask = left_pad([oracle.make_ids(rng, [3]), oracle.make_ids(rng, [5])])
+    with pytest.raises(vllava_jax.InputError, match="left padding"):
+        model.generate(ids[:, ::-1], mask[:, ::-1])

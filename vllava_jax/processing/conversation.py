@@ -1,0 +1,67 @@
+"""Prompt templates, the one place they are defined.
+
+- "llava_v1" / "vicuna_v1": the original project's chat format (LLaVA's `SeparatorStyle.TWO`):
+  `SYSTEM USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT:`.
+- "plain": pretraining (LLaVA's `preprocess_plain`): the visual placeholders, then the caption,
+  then "\\n"; no system prompt, no roles, the question is dropped.
+- "hf": the prompt style of the transformers model cards: `USER: <video>\\nq1 ASSISTANT: a1 USER: q2 ASSISTANT:`.
+
+The visual placeholders go at the start of the first user turn, one per line, as the original does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from vllava_jax.errors import InputError
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """`system`, then per turn `role + ": " + text + sep` (user turns) or `+ sep2` (assistant turns)."""
+
+    name: str
+    system: str
+    roles: tuple[str, str]
+    sep: str
+    sep2: str
+    plain: bool = False
+
+    def prompt(self, turns: Sequence[str], media: Sequence[str] = ()) -> str:
+        """`turns` alternate user, assistant, user, ...; an odd count ends with the assistant's cue.
+
+        `media` are placeholder strings ("<image>", "<video>") for the first user turn.
+        """
+        if not turns:
+            raise InputError(f"template {self.name!r}: a prompt needs at least one user turn")
+        prefix = "".join(m + "\n" for m in media)
+        if self.plain:
+            if len(turns) > 2:
+                raise InputError(f"template 'plain' has one question and one caption, got {len(turns)} turns")
+            return prefix + (turns[1] + self.sep if len(turns) == 2 else "")
+        out = self.system + self.sep if self.system else ""
+        for i, text in enumerate(turns):
+            text = prefix + text if i == 0 else text
+            out += f"{self.roles[i % 2]}: {text}{self.sep if i % 2 == 0 else self.sep2}"
+        if len(turns) % 2:
+            out += self.roles[1] + ":"
+        return out
+
+
+_VICUNA = dict(system=VICUNA_SYSTEM, roles=("USER", "ASSISTANT"), sep=" ", sep2="</s>")
+TEMPLATES = {
+    "llava_v1": Template("llava_v1", **_VICUNA),
+    "vicuna_v1": Template("vicuna_v1", **_VICUNA),
+    "plain": Template("plain", system="", roles=("", ""), sep="\n", sep2="\n", plain=True),
+    "hf": Template("hf", system="", roles=("USER", "ASSISTANT"), sep=" ", sep2=" "),
+}
+
+
+def get_template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise InputError(f"unknown conversation template {name!r}; known: {sorted(TEMPLATES)}")
+    return TEMPLATES[name]

@@ -16,12 +16,11 @@ from etils import epath
 from flax import nnx
 
 from vllava_jax import generation
-from vllava_jax.checkpoint import hf
-from vllava_jax.checkpoint.safetensors_io import SafetensorsReader
+from vllava_jax.checkpoint import formats, orbax
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
-from vllava_jax.errors import CheckpointError
 from vllava_jax.inputs import check_inputs
 from vllava_jax.modeling.video_llava import VideoLlavaModel
+from vllava_jax.sharding import state_shardings
 
 
 class ModelOutput(NamedTuple):
@@ -110,17 +109,27 @@ class VideoLlava:
                                    sampling=sampling, key=key)
 
 
-def load_pretrained(path: epath.PathLike, dtype: str = "float32", remat: bool = False) -> VideoLlava:
-    """Load a transformers-format Video-LLaVA checkpoint dir (config.json + *.safetensors)."""
-    path = epath.Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a directory; pass a checkpoint dir holding config.json")
-    config = VideoLlavaConfig.from_json(path / "config.json")
+def load_pretrained(path: epath.PathLike, dtype: str = "float32", remat: bool = False, mesh=None) -> VideoLlava:
+    """Load a checkpoint dir: transformers, original Video-LLaVA or ours (`checkpoint.formats.detect` tells).
+
+    With a `mesh`, every parameter lands on its `sharding.state_shardings` placement (ours is
+    restored straight onto it); without one, on the default device.
+    """
+    source = formats.open_source(path)
     policy = DTypePolicy.from_name(dtype)
-    abstract = nnx.eval_shape(lambda: VideoLlavaModel(config, policy, nnx.Rngs(0), remat))
+    abstract = nnx.eval_shape(lambda: VideoLlavaModel(source.config, policy, nnx.Rngs(0), remat))
     graphdef, abstract_state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(abstract_state))
-    shapes = {p: tuple(v.shape) for p, v in flat.items()}
-    values = dict(hf.read_params(SafetensorsReader(path), config, shapes, policy.param_dtype))
-    state = nnx.from_flat_state([(p, v.replace(jnp.asarray(values[p]))) for p, v in flat.items()])
-    return VideoLlava(config, policy, graphdef, state)
+    if mesh is None:
+        placement = {p: jax.sharding.SingleDeviceSharding(jax.devices()[0]) for p in flat}
+    else:
+        placement = {p: v.get_value() for p, v in nnx.to_flat_state(state_shardings(abstract_state, mesh))}
+    if source.format == "ours":
+        targets = {p: jax.ShapeDtypeStruct(v.shape, policy.param_dtype, sharding=placement[p]) for p, v in flat.items()}
+        values = orbax.restore(source.path / formats.PARAMS_DIR, targets)
+    else:
+        shapes = {p: tuple(v.shape) for p, v in flat.items()}
+        values = {p: jax.device_put(leaf.whole(), placement[p])
+                  for p, leaf in formats.leaves(source, shapes, policy.param_dtype).items()}
+    state = nnx.from_flat_state([(p, v.replace(values[p])) for p, v in flat.items()])
+    return VideoLlava(source.config, policy, graphdef, state)

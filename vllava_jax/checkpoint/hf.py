@@ -18,7 +18,6 @@ import jax
 import numpy as np
 
 from vllava_jax.config import TextConfig, VideoLlavaConfig, VisionConfig
-from vllava_jax.checkpoint.safetensors_io import SafetensorsReader
 from vllava_jax.errors import CheckpointError
 
 
@@ -142,10 +141,6 @@ def canonical_key(key: str) -> str:
     return key
 
 
-def _torch_shape(transform: Transform, ours_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return jax.eval_shape(transform.to_torch, jax.ShapeDtypeStruct(ours_shape, np.float32)).shape
-
-
 def _fits(found: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     """Equal up to size-1 dims (the original saves a temporal embedding as (1, frames, dim))."""
     return tuple(d for d in found if d != 1) == tuple(d for d in expected if d != 1)
@@ -157,20 +152,21 @@ def _listing(lines: list[str], limit: int = 20) -> str:
     return f"\n  {shown}{more}"
 
 
-def read_params(
-    reader: SafetensorsReader, cfg: VideoLlavaConfig, shapes: dict[tuple[str, ...], tuple[int, ...]], dtype
-) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """Yield (our path, array in `dtype`) for every parameter, one at a time.
+def plan(
+    reader, cfg: VideoLlavaConfig, shapes: dict[tuple[str, ...], tuple[int, ...]], canonical=canonical_key
+) -> list[tuple[Entry, list[str]]]:
+    """Every entry of the name map with the reader's key for each of its tensors.
 
     Checks the whole checkpoint first, so a bad one fails before any conversion work, with every
-    missing, unexpected and mis-shaped tensor listed.
+    missing, unexpected and mis-shaped tensor listed by its name in the files. `canonical` maps
+    a file's key to the spelling in the name map (another layout is a renaming on top of it).
     """
-    available = {canonical_key(k): k for k in reader.keys() if not _BUFFERS.search(k)}
+    available = {canonical(k): k for k in reader.keys() if not _BUFFERS.search(k)}
     entries = name_map(cfg)
     assert {e.ours for e in entries} == set(shapes), set(shapes) ^ {e.ours for e in entries}
     missing, misshaped, used = [], [], set()
     for entry in entries:
-        expected = _torch_shape(entry.transform, shapes[entry.ours][1:] if entry.stacked else shapes[entry.ours])
+        expected = torch_shape(entry, shapes[entry.ours])
         for name in entry.torch:
             if name not in available:
                 missing.append(name)
@@ -189,11 +185,17 @@ def read_params(
         problems.append(f"{len(unexpected)} unexpected tensor(s) the config has no place for:" + _listing(unexpected))
     if problems:
         raise CheckpointError(f"{reader.directory} does not fit its config.json:\n" + "\n".join(problems))
+    return [(entry, [available[n] for n in entry.torch]) for entry in entries]
 
-    for entry in entries:
-        shape = shapes[entry.ours][1:] if entry.stacked else shapes[entry.ours]
-        parts = [entry.transform.to_ours(reader.read(available[n]), shape).astype(dtype) for n in entry.torch]
-        yield entry.ours, np.stack(parts) if entry.stacked else parts[0]
+
+def layer_shape(entry: Entry, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Our shape of one of the entry's tensors: one layer of a stacked parameter."""
+    return tuple(shape[1:]) if entry.stacked else tuple(shape)
+
+
+def torch_shape(entry: Entry, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch shape of one of the entry's tensors, given our (stacked) shape."""
+    return jax.eval_shape(entry.transform.to_torch, jax.ShapeDtypeStruct(layer_shape(entry, shape), np.float32)).shape
 
 
 def on_disk_key(canonical: str) -> str:
@@ -203,12 +205,3 @@ def on_disk_key(canonical: str) -> str:
     if canonical == "lm_head.weight":
         return "language_model.lm_head.weight"
     return canonical
-
-
-def torch_tensors(cfg: VideoLlavaConfig, params: dict[tuple[str, ...], np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
-    """Our parameters as (transformers key, array) pairs, one stacked layer split per key."""
-    for entry in name_map(cfg):
-        value = np.asarray(params[entry.ours])
-        layers = list(value) if entry.stacked else [value]
-        for name, part in zip(entry.torch, layers):
-            yield on_disk_key(name), np.ascontiguousarray(entry.transform.to_torch(part))

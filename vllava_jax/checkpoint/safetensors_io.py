@@ -1,4 +1,4 @@
-"""Read tensors from one or many `.safetensors` files lazily, as numpy memory maps.
+"""Read tensors from one or many `.safetensors` files lazily, as numpy memory maps; write them streamed.
 
 Our own reader of the (simple, documented) format: bfloat16 works without torch, and a 7B
 checkpoint never has to fit in memory at once; only the tensor being converted is paged in.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from typing import Callable
 
 import ml_dtypes
 import numpy as np
@@ -89,3 +90,40 @@ class SafetensorsReader:
         except ValueError as e:
             raise CheckpointError(f"{path}: tensor {name!r} lies past the end of the file ({e})") from None
         return array.reshape(shape)
+
+
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def shard_files(sizes: list[int], max_shard_bytes: int) -> list[int]:
+    """Shard number of each tensor: in order, a new shard when the next tensor would overflow this one."""
+    shards, current, filled = [], 0, 0
+    for size in sizes:
+        if filled and filled + size > max_shard_bytes:
+            current, filled = current + 1, 0
+        shards.append(current)
+        filled += size
+    return shards
+
+
+def write_shard(path: epath.Path, tensors: list[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]],
+                on_tensor: Callable[[int], None] = lambda n: None) -> None:
+    """Write one `.safetensors` file, producing each tensor only when its bytes are due.
+
+    The header (names, dtypes, shapes, offsets) comes from the declared shapes; a produced tensor
+    that does not match its declaration is an internal error.
+    """
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape, dtype, _ in tensors:
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": _CODES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape, dtype, produce in tensors:
+            array = np.ascontiguousarray(produce(), dtype=dtype)
+            assert array.shape == tuple(shape), (name, array.shape, shape)
+            f.write(array.reshape(-1).view(np.uint8).data)
+            on_tensor(array.nbytes)

@@ -1,0 +1,156 @@
+"""Our checkpoint format: the NNX parameter state as an Orbax pytree (nested dict of arrays).
+
+Saving takes `Streamed` leaves: each is produced one slice (one stacked layer) at a time and written
+to its own Orbax/tensorstore chunk, one slice in flight, so a 7B conversion never holds the model
+in memory. The files are ordinary Orbax arrays: restoring needs no custom handler, and restores
+straight onto target shardings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import dataclasses
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorstore as ts
+from etils import epath
+from orbax.checkpoint import type_handlers
+from flax import nnx
+from orbax.checkpoint._src.serialization import type_handler_registry
+
+from vllava_jax.errors import CheckpointError
+
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Streamed:
+    """A leaf to be saved, read on demand: `read(i)` gives slice i of a stacked leaf, `read(None)` all of it."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    stacked: bool
+    read: Callable[[int | None], np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @property
+    def parts(self) -> list[int | None]:
+        return list(range(self.shape[0])) if self.stacked else [None]
+
+    def whole(self) -> np.ndarray:
+        parts = [np.asarray(self.read(i), self.dtype) for i in self.parts]
+        return np.stack(parts) if self.stacked else parts[0]
+
+
+class _StreamingHandler(type_handlers.NumpyHandler):
+    """Writes `Streamed` leaves slice by slice, one leaf at a time; on disk they are plain numpy arrays."""
+
+    def __init__(self, on_bytes: Callable[[int], None]):
+        super().__init__(deepcopy_host_arrays=False)
+        self._on_bytes = on_bytes
+        self._gate: asyncio.Lock | None = None
+
+    async def _open_and_write(self, value: Streamed, tspec: dict, ts_context: ts.Context):
+        if value.stacked:  # one chunk per layer: writing layer i never rewrites its neighbours
+            tspec["metadata"]["chunks"] = [1, *value.shape[1:]]
+        self._gate = self._gate or asyncio.Lock()
+        async with self._gate:
+            t = await ts.open(ts.Spec(tspec), create=True, open=True, context=ts_context)
+            for index in value.parts:
+                part = np.asarray(value.read(index), dtype=value.dtype)
+                await (t[index] if value.stacked else t).write(part)
+                self._on_bytes(part.nbytes)
+
+
+def nest(flat: dict[Path, object]) -> dict:
+    tree: dict = {}
+    for path, leaf in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = leaf
+    return tree
+
+
+def flatten(tree: dict, prefix: Path = ()) -> Iterator[tuple[Path, object]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from flatten(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def save(directory: epath.PathLike, leaves: dict[Path, Streamed], on_bytes: Callable[[int], None] = lambda n: None):
+    """Write `leaves` as an Orbax pytree checkpoint at `directory` (which must not exist)."""
+    registry = type_handler_registry.create_type_handler_registry(
+        (Streamed, _StreamingHandler(on_bytes)), (jax.Array, type_handlers.ArrayHandler()))
+    # uncompressed: weights barely compress, and zstd would be most of a conversion's CPU time
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False)
+    with ocp.Checkpointer(handler) as checkpointer:
+        checkpointer.save(epath.Path(directory), args=ocp.args.PyTreeSave(nest(leaves)))
+
+
+def is_stacked(path: Path) -> bool:
+    return "layers" in path
+
+
+def in_memory(state) -> dict[Path, Streamed]:
+    """An NNX state's (device) arrays as leaves, copied to the host a slice at a time."""
+    return {path: Streamed(tuple(v.shape), np.dtype(v.dtype), is_stacked(path),
+                           lambda i, v=v: np.asarray(jax.device_get(v[...] if i is None else v[...][i])))
+            for path, v in nnx.to_flat_state(state)}
+
+
+def _saved(directory: epath.Path) -> dict[Path, object]:
+    """Each saved leaf's metadata (shape, dtype), by path."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            return dict(flatten(checkpointer.metadata(directory).item_metadata.tree))
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"{directory}: not a readable Orbax checkpoint ({e})") from None
+
+
+def restore(directory: epath.PathLike, targets: dict[Path, jax.ShapeDtypeStruct]) -> dict[Path, jax.Array]:
+    """Restore every leaf straight onto its target's shape, dtype and sharding; fails listing what differs."""
+    directory = epath.Path(directory)
+    check(directory, {p: tuple(m.shape) for p, m in _saved(directory).items()}, {p: t.shape for p, t in targets.items()})
+    restore_args = {p: ocp.ArrayRestoreArgs(dtype=t.dtype, sharding=t.sharding, global_shape=t.shape)
+                    for p, t in targets.items()}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+            item=nest(targets), restore_args=nest(restore_args)))
+    return dict(flatten(restored))
+
+
+def check(directory: epath.Path, saved: dict[Path, tuple], wanted: dict[Path, tuple]) -> None:
+    """One error listing every missing, unexpected and mis-shaped leaf."""
+    name = lambda p: "/".join(p)
+    problems = [f"missing: {name(p)}" for p in sorted(set(wanted) - set(saved))]
+    problems += [f"unexpected: {name(p)}" for p in sorted(set(saved) - set(wanted))]
+    problems += [f"mis-shaped: {name(p)}: {saved[p]}, expected {tuple(wanted[p])}"
+                 for p in sorted(set(saved) & set(wanted)) if saved[p] != tuple(wanted[p])]
+    if problems:
+        raise CheckpointError(f"{directory} does not fit its config.json:\n  " + "\n  ".join(problems))
+
+
+def leaves(directory: epath.PathLike) -> dict[Path, Streamed]:
+    """A saved checkpoint's leaves, each read slice by slice (a layer at a time) when asked."""
+    directory = epath.Path(directory)
+    base = str(directory) if "://" in str(directory) else "file://" + os.path.abspath(directory)
+    out = {}
+    for path, meta in _saved(directory).items():
+        spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": ".".join(path)}}
+        out[path] = Streamed(tuple(meta.shape), np.dtype(meta.dtype), is_stacked(path),
+                             lambda i, spec=spec: ts.open(spec, open=True).result()[() if i is None else i].read().result())
+    return out

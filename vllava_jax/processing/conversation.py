@@ -2,8 +2,8 @@
 
 - "llava_v1" / "vicuna_v1": the original project's chat format (LLaVA's `SeparatorStyle.TWO`):
   `SYSTEM USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT:`.
-- "plain": pretraining (LLaVA's `preprocess_plain`): the visual placeholders, then the caption,
-  then "\\n"; no system prompt, no roles, the question is dropped.
+- "plain": pretraining (LLaVA's `preprocess_plain`): the visual placeholders, directly followed by
+  the caption, then "\\n"; no system prompt, no roles, the question is dropped.
 - "hf": the prompt style of the transformers model cards: `USER: <video>\\nq1 ASSISTANT: a1 USER: q2 ASSISTANT:`.
 
 The visual placeholders go at the start of the first user turn, one per line, as the original does.
@@ -42,7 +42,7 @@ class Template:
         if self.plain:
             if len(turns) > 2:
                 raise InputError(f"template 'plain' has one question and one caption, got {len(turns)} turns")
-            return prefix + (turns[1] + self.sep if len(turns) == 2 else "")
+            return "".join(media) + (turns[1] + self.sep if len(turns) == 2 else "")
         out = self.system + self.sep if self.system else ""
         for i, text in enumerate(turns):
             text = prefix + text if i == 0 else text

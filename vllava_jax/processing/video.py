@@ -141,8 +141,9 @@ def _bilinear_resize(x: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
     """torch's `interpolate(mode="bilinear", align_corners=False, antialias=False)` on (T, H, W, C) float32."""
 
     def axis(n_in: int, n_out: int):
-        src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * np.float32(n_in / n_out) - np.float32(0.5)
-        src = np.maximum(src, 0)
+        # torch's float32 scale, but the source index rounded once (it compiles to a fused multiply-add)
+        src = (np.arange(n_out) + 0.5) * np.float64(np.float32(n_in / n_out)) - 0.5
+        src = np.maximum(src.astype(np.float32), 0)
         lo = np.minimum(src.astype(np.int64), n_in - 1)
         hi = np.minimum(lo + 1, n_in - 1)
         frac = (src - lo).astype(np.float32)

@@ -76,13 +76,16 @@ def open_source(path: epath.PathLike) -> Source:
     return Source(path, fmt, VideoLlavaConfig.from_json(path / "config.json"))
 
 
-def leaves(source: Source, shapes: dict[tuple[str, ...], tuple[int, ...]], dtype) -> dict[tuple[str, ...], orbax.Streamed]:
-    """Every parameter of `source` in our layout, read on demand; a bad checkpoint fails here, listing what is wrong."""
-    dtype = np.dtype(dtype)
+def leaves(source: Source, shapes: dict[tuple[str, ...], tuple[int, ...]], dtype=None) -> dict[tuple[str, ...], orbax.Streamed]:
+    """Every parameter of `source` in our layout, read on demand; a bad checkpoint fails here, listing what is wrong.
+
+    `dtype` None keeps ours as saved (PyTorch sources need one).
+    """
     if source.format == "ours":
         saved = orbax.leaves(source.path / PARAMS_DIR)
         orbax.check(source.path, {p: leaf.shape for p, leaf in saved.items()}, shapes)
-        return {p: dataclasses.replace(leaf, dtype=dtype) for p, leaf in saved.items()}
+        return {p: dataclasses.replace(leaf, dtype=np.dtype(dtype or leaf.dtype)) for p, leaf in saved.items()}
+    dtype = np.dtype(dtype)
     reader = tensor_reader(source.path)
     canonical = original.canonical_key if source.format == "original" else hf.canonical_key
     out = {}

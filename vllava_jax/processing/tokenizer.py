@@ -152,10 +152,6 @@ class Tokenizer:
             raise InputError(f"token {token!r} is not in this tokenizer's vocabulary")
         return idx
 
-    @property
-    def vocab_size(self) -> int:
-        return max(self.sp.get_piece_size(), max(self.added_tokens.values(), default=-1) + 1)
-
     def _special_id(self, name: str) -> int | None:
         token = self.special_tokens.get(name)
         return None if token is None else self.token_id(token)

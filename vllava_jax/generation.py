@@ -37,6 +37,16 @@ class SamplingConfig:
     pad_token_id: int = 0
 
 
+def sampling_config(config, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                    eos_token_id=None, pad_token_id: int | None = None) -> SamplingConfig:
+    """EOS and pad default to the model config's; pad falls back to EOS, as in transformers."""
+    text = config.text_config
+    eos = text.eos_token_id if eos_token_id is None else eos_token_id
+    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+    pad = next(p for p in (pad_token_id, config.pad_token_id, text.pad_token_id, *eos, 0) if p is not None)
+    return SamplingConfig(max_new_tokens, temperature, top_k, top_p, eos, pad)
+
+
 def choose_tokens(logits: jax.Array, key: jax.Array, sampling: SamplingConfig) -> jax.Array:
     """(batch, vocab) logits -> (batch,) next tokens."""
     logits = logits.astype(jnp.float32)

@@ -100,11 +100,8 @@ class VideoLlava:
         Prompts must be left padded. EOS and pad default to the config's (pad falls back to EOS,
         as in transformers).
         """
-        text = self.config.text_config
-        eos = text.eos_token_id if eos_token_id is None else eos_token_id
-        eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
-        pad = next(p for p in (pad_token_id, self.config.pad_token_id, text.pad_token_id, *eos, 0) if p is not None)
-        sampling = generation.SamplingConfig(max_new_tokens, temperature, top_k, top_p, eos, pad)
+        sampling = generation.sampling_config(self.config, max_new_tokens, temperature, top_k, top_p, eos_token_id,
+                                              pad_token_id)
         return generation.generate(self, input_ids, attention_mask, pixel_values_images, pixel_values_videos,
                                    sampling=sampling, key=key)
 

@@ -40,20 +40,21 @@ class LlamaAttention(nnx.Module):
         self.v = Dense(e, (cfg.num_key_value_heads, hd), ("embed",), ("kv_heads", "head_dim"), **common)
         self.o = Dense((cfg.num_attention_heads, hd), e, ("heads", "head_dim"), ("embed",), **common)
 
-    def __call__(self, x, cos, sin, mask, cache=None, slot=None):
+    def __call__(self, x, cos, sin, mask, cache=None, slot=None, layer=None):
         """Without `cache`: causal attention over `x`, `mask` = (batch, len) valid keys.
 
-        With `cache` = (keys, values) of this layer: write x's keys/values at `slot`, attend with
-        the full `mask` (batch, 1, len, slots); returns the updated cache too.
+        With `cache` = (keys, values) of every layer: write x's keys/values at (`layer`, `slot`)
+        in place and attend, with the full `mask` (batch, 1, len, slots), over this layer's slots.
         """
         q = apply_rotary(self.q(x), cos, sin)
         k = apply_rotary(self.k(x), cos, sin)
         v = self.v(x)
         if cache is None:
             return self.o(attention(q, k, v, is_causal=True, key_mask=mask)), None
-        keys = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, slot, 0, 0))
-        values = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, slot, 0, 0))
-        return self.o(attention(q, keys, values, mask=mask)), (keys, values)
+        keys, values = (jax.lax.dynamic_update_slice(c, new.astype(c.dtype)[None], (layer, 0, slot, 0, 0))
+                        for c, new in zip(cache, (k, v)))
+        out = attention(q, keys[layer], values[layer], mask=mask)
+        return self.o(out), (keys, values)
 
 
 class LlamaMLP(nnx.Module):
@@ -75,8 +76,8 @@ class LlamaLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, policy, rngs)
         self.mlp = LlamaMLP(cfg, policy, rngs)
 
-    def __call__(self, x, cos, sin, mask, cache=None, slot=None):
-        h, cache = self.attn(self.input_layernorm(x), cos, sin, mask, cache, slot)
+    def __call__(self, x, cos, sin, mask, cache=None, slot=None, layer=None):
+        h, cache = self.attn(self.input_layernorm(x), cos, sin, mask, cache, slot, layer)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -134,9 +135,13 @@ class LlamaDecoder(nnx.Module):
         mask = (valid[:, None, :] & causal[None])[:, None]
         cos, sin = self._rotary(positions)
 
-        def body(layer: LlamaLayer, h: jax.Array, kv):
-            return layer(h, cos, sin, mask, kv, slot)
+        def body(layer: LlamaLayer, carry, index):
+            h, kv = carry
+            return layer(h, cos, sin, mask, kv, slot, index), None
 
-        h, (keys, values) = scan_layers(self.layers, inputs_embeds.astype(self.policy.compute_dtype), body,
-                                        xs=(cache.keys, cache.values))
+        # The cache rides in the scan carry so every layer updates it in place, one token's worth
+        # of writes per step instead of a copy of the whole cache.
+        (h, (keys, values)), _ = scan_layers(
+            self.layers, (inputs_embeds.astype(self.policy.compute_dtype), (cache.keys, cache.values)), body,
+            xs=jnp.arange(self.cfg.num_hidden_layers))
         return h[:, -1], KVCache(keys, values, valid)

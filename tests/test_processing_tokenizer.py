@@ -115,3 +115,29 @@ def test_templates():
     assert conversation.get_template("plain").prompt(["ignored", "a cat"], media=["<image>"]) == "<image>a cat\n"
     with pytest.raises(InputError, match="unknown conversation template"):
         conversation.get_template("nope")
+
+
+def test_original_tokenizer_without_placeholders_takes_the_config_ids(tmp_path):
+    """The original Video-LLaVA tokenizer has no <image>/<video>; a converted checkpoint's config names their ids."""
+    import json
+
+    from transformers import LlamaTokenizer
+
+    import vllava_jax
+
+    (tmp_path / "tokenizer.model").write_bytes(media.train_sentencepiece())
+    plain = LlamaTokenizer.from_pretrained(tmp_path, legacy=False)
+    plain.save_pretrained(tmp_path)
+    vocab = len(plain)
+    media.save_tokenizer_checkpoint(tmp_path / "ref")  # only for a config.json to adapt
+    config = json.loads((tmp_path / "ref" / "config.json").read_text())
+    config.update(image_token_index=vocab, video_token_index=vocab + 1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    processor = vllava_jax.Processor.from_pretrained(tmp_path)
+    ids = processor(text="USER: <image>\nhi ASSISTANT:", images=[np.zeros((224, 224, 3), np.uint8)])["input_ids"][0]
+    slots = vllava_jax.VideoLlavaConfig.from_json(tmp_path / "config.json").image_seq_length
+    # the oracle: the same tokenizer with <image> added as a special token, which lands on id `vocab`
+    plain.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    assert plain.convert_tokens_to_ids("<image>") == vocab
+    expected = plain("USER: " + "<image>" * slots + "\nhi ASSISTANT:")["input_ids"]
+    assert ids.tolist() == expected

@@ -70,7 +70,8 @@ class Processor:
                       std=tuple(pre.get("image_std", image_lib.OPENAI_CLIP_STD)),
                       resample=pre.get("resample", Image.BICUBIC), num_frames=config.video_tower_config.num_frames,
                       video_transform=video_transform, source=str(path)) | kwargs
-        return cls(Tokenizer.from_pretrained(path), config, **kwargs)
+        placeholders = {IMAGE_TOKEN: config.image_token_index, VIDEO_TOKEN: config.video_token_index}
+        return cls(Tokenizer.from_pretrained(path, placeholders), config, **kwargs)
 
     # ---- pixels ----
 

@@ -77,8 +77,12 @@ class Tokenizer:
     # ---- loading ----
 
     @classmethod
-    def from_pretrained(cls, path: epath.PathLike) -> Tokenizer:
-        """Read `tokenizer.model` plus whichever of the transformers json files the dir has."""
+    def from_pretrained(cls, path: epath.PathLike, placeholders: dict[str, int] | None = None) -> Tokenizer:
+        """Read `tokenizer.model` plus whichever of the transformers json files the dir has.
+
+        `placeholders` (e.g. {"<image>": 32000}) are added as special tokens where the files lack
+        them: the original Video-LLaVA tokenizer has no `<image>`/`<video>`, its model config does.
+        """
         path = epath.Path(path)
         model_file = path / "tokenizer.model"
         if not model_file.exists():
@@ -107,6 +111,10 @@ class Tokenizer:
         for content, idx in _read_json(path / "added_tokens.json").items():
             if content not in added:
                 add(content, idx, False)
+
+        for content, idx in (placeholders or {}).items():
+            if content not in added:
+                add(content, idx, True)
 
         special_tokens = {k: _content(config.get(k, special_map.get(k))) for k in _SPECIAL_KEYS}
         extra = (config.get("extra_special_tokens") or config.get("additional_special_tokens")

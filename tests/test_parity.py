@@ -133,3 +133,21 @@ def test_remat_changes_memory_not_numbers(tiny_checkpoints, rng):
     grads = [jax.grad(loss)(m.state, m) for m in (plain, remat)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_packed_rows_match_separate_rows(tiny_checkpoints, rng):
+    """Two samples packed in one row with segment ids give each sample's own logits."""
+    path, ref_model = tiny_checkpoints("gqa_default")
+    model = vllava_jax.load_pretrained(path)
+    a = oracle.make_ids(rng, [3, ("image", oracle.tokens_per_image(ref_model)), 4])
+    b = oracle.make_ids(rng, [6])
+    images = pixels(rng, ref_model, 1)
+    packed = np.concatenate([a, b, [0, 0]])[None]
+    segments = np.concatenate([np.full(len(a), 1), np.full(len(b), 2), [0, 0]])[None]
+    positions = np.concatenate([np.arange(len(a)), np.arange(len(b)), [0, 0]])[None]
+    with jax.default_matmul_precision("highest"):
+        logits = model.module(jax.numpy.asarray(packed), jax.numpy.asarray(segments > 0), jax.numpy.asarray(images),
+                              None, jax.numpy.asarray(positions), jax.numpy.asarray(segments))
+    logits = np.asarray(logits)[0]
+    assert_close(logits[: len(a)], oracle.reference_logits(ref_model, a[None], images=images)[0])
+    assert_close(logits[len(a): len(a) + len(b)], oracle.reference_logits(ref_model, b[None])[0])

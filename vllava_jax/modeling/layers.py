@@ -110,22 +110,14 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 def attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    is_causal: bool = False,
-    key_mask: jax.Array | None = None,
-    mask: jax.Array | None = None,
+    q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool = False, mask: jax.Array | None = None
 ) -> jax.Array:
     """Softmax attention over (batch, len, heads, head_dim); k/v may have fewer heads (GQA).
 
-    `key_mask` (batch, key_len) is True where a key may be attended; `mask` (batch, 1, q_len,
-    key_len) is a full mask (used with a KV cache). Logits and softmax run in float32 whatever the
-    compute dtype; the output is in q's dtype.
+    `mask` (batch, 1, q_len or 1, key_len) is True where a query may attend a key; with
+    `is_causal` both apply. Logits and softmax run in float32 whatever the compute dtype; the
+    output is in q's dtype.
     """
-    if key_mask is not None:
-        mask = key_mask[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(q.dtype)
 
 

@@ -41,7 +41,7 @@ class LlamaAttention(nnx.Module):
         self.o = Dense((cfg.num_attention_heads, hd), e, ("heads", "head_dim"), ("embed",), **common)
 
     def __call__(self, x, cos, sin, mask, cache=None, slot=None, layer=None):
-        """Without `cache`: causal attention over `x`, `mask` = (batch, len) valid keys.
+        """Without `cache`: causal attention over `x` within `mask` (batch, 1, len or 1, len).
 
         With `cache` = (keys, values) of every layer: write x's keys/values at (`layer`, `slot`)
         in place and attend, with the full `mask` (batch, 1, len, slots), over this layer's slots.
@@ -50,7 +50,7 @@ class LlamaAttention(nnx.Module):
         k = apply_rotary(self.k(x), cos, sin)
         v = self.v(x)
         if cache is None:
-            return self.o(attention(q, k, v, is_causal=True, key_mask=mask)), None
+            return self.o(attention(q, k, v, is_causal=True, mask=mask)), None
         keys, values = (jax.lax.dynamic_update_slice(c, new.astype(c.dtype)[None], (layer, 0, slot, 0, 0))
                         for c, new in zip(cache, (k, v)))
         out = attention(q, keys[layer], values[layer], mask=mask)
@@ -109,13 +109,27 @@ class LlamaDecoder(nnx.Module):
         inv_freq = inverse_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions)
         return rotary_tables(inv_freq, positions, self.policy.compute_dtype)
 
-    def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """(batch, len, embed) inputs -> (batch, len, vocab) logits; causal, padding keys masked."""
+    def __call__(
+        self,
+        inputs_embeds: jax.Array,
+        positions: jax.Array,
+        attention_mask: jax.Array,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """(batch, len, embed) inputs -> (batch, len, vocab) logits; causal, padding keys masked.
+
+        With `segment_ids` (batch, len; 0 = padding), several packed samples share a row and a
+        token attends only within its own segment; `positions` then restart per segment.
+        """
         cos, sin = self._rotary(positions)
-        key_mask = attention_mask.astype(bool)
+        if segment_ids is None:
+            mask = attention_mask.astype(bool)[:, None, None, :]
+        else:
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            mask = (same & (segment_ids[:, None, :] > 0))[:, None]
 
         def body(layer: LlamaLayer, h: jax.Array, _):
-            return layer(h, cos, sin, key_mask)[0], None
+            return layer(h, cos, sin, mask)[0], None
 
         h, _ = scan_layers(self.layers, inputs_embeds.astype(self.policy.compute_dtype), body, remat=self.remat)
         return self.logits(h)

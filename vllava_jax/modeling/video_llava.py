@@ -80,8 +80,10 @@ class VideoLlavaModel(nnx.Module):
         pixel_values_images: jax.Array | None = None,
         pixel_values_videos: jax.Array | None = None,
         position_ids: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> jax.Array:
+        """Logits (batch, len, vocab). Packed rows pass `segment_ids` and per-segment `position_ids`."""
         embeds = self.embed_inputs(input_ids, pixel_values_images, pixel_values_videos)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
-        return self.language_model(embeds, position_ids, attention_mask)
+        return self.language_model(embeds, position_ids, attention_mask, segment_ids)

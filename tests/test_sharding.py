@@ -1,4 +1,4 @@
-"""Logical axes map onto a (data, fsdp, tensor) mesh of 8 simulated CPU devices, same logits."""
+"""Logical axes map onto a (data, fsdp, tensor) mesh of 8 simulated CPU devices: same logits and tokens."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ SCRIPT = textwrap.dedent("""
     ids = oracle.make_ids(rng, [3, ("image", config.image_seq_length), 5])[None].repeat(4, 0)
     images = rng.standard_normal((4, 3, 28, 28)).astype(np.float32)
     single = np.asarray(model(ids, pixel_values_images=images).logits)
+    single_tokens = model.generate(ids, pixel_values_images=images, max_new_tokens=5, eos_token_id=[])
 
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     model.state = shard_state(model.state, mesh)
@@ -38,6 +39,9 @@ SCRIPT = textwrap.dedent("""
     sharded = np.asarray(model(ids, pixel_values_images=images).logits)
     err = np.abs(sharded - single).max()
     assert err < 1e-5 * np.abs(single).max(), err
+    # generation on the sharded parameters: tensor-parallel heads, batch over data x fsdp
+    sharded_tokens = model.generate(ids, pixel_values_images=images, max_new_tokens=5, eos_token_id=[])
+    np.testing.assert_array_equal(sharded_tokens, single_tokens)
     print("OK", err)
 """)
 

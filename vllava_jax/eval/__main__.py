@@ -1,0 +1,64 @@
+"""Evaluate a Video-LLaVA checkpoint on a benchmark with the original prompts and official scoring.
+
+    python -m vllava_jax.eval --task msvd_qa --model CKPT --data MSVD_Zero_Shot_QA --output out/msvd --judge openai
+
+Tasks: msvd_qa, msrvtt_qa, tgif_qa, activitynet_qa (test_q.json + test_a.json, videos in DATA,
+DATA/videos, DATA/videos/all or DATA/mp4); vqav2, textvqa, vizwiz, gqa (LLaVA question JSONL +
+official annotations); pope (coco_pope_{adversarial,popular,random}.json); sqa_img
+(llava_test_CQM-A.json + problems.json). See vllava_jax/eval/tasks/ for each layout.
+
+Writes to OUTPUT: predictions.jsonl (cached per question: rerun the same command to resume),
+judged.jsonl, metrics.json, report.html. The openai judge reads OPENAI_API_KEY, OPENAI_BASE_URL
+and OPENAI_JUDGE_MODEL from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vllava_jax.errors import VllavaError
+from vllava_jax.eval.runner import RunConfig, run, summary_line
+from vllava_jax.eval.tasks import registry
+
+
+def parse_args(argv: list[str] | None) -> RunConfig:
+    parser = argparse.ArgumentParser(prog="python -m vllava_jax.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=sorted(registry()), help="benchmark to run")
+    parser.add_argument("--model", required=True, help="checkpoint dir (any format load_pretrained reads) with "
+                        "its tokenizer files")
+    parser.add_argument("--data", required=True, help="the benchmark's dir: annotation files and media")
+    parser.add_argument("--output", required=True, help="where predictions, verdicts, metrics and the report go; "
+                        "rerunning into the same dir resumes")
+    parser.add_argument("--limit", type=int, help="only the first N questions (in annotation order)")
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per left-padded batch; does not "
+                        "change greedy answers")
+    parser.add_argument("--judge", default="offline", choices=["offline", "openai"], help="video QA judge: "
+                        "offline (normalized exact/contains match, no network) or openai (the original GPT prompt "
+                        "on an OpenAI-compatible endpoint from the environment)")
+    parser.add_argument("--judge-tries", type=int, default=3, help="most requests per question to the openai "
+                        "judge when replies are malformed or fail")
+    parser.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the original "
+                        "script's, 1024 for video QA and ScienceQA, 128 for the other image tasks)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
+    parser.add_argument("--report-samples", type=int, default=24, help="questions shown in report.html")
+    args = parser.parse_args(argv)
+    for name in ("limit", "batch_size", "judge_tries", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return RunConfig(**vars(args))
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    try:
+        doc = run(config)
+    except VllavaError as e:
+        sys.exit(f"error: {e}")
+    print(summary_line(doc, config.output))
+
+
+if __name__ == "__main__":
+    main()

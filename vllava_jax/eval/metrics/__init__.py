@@ -1,0 +1,1 @@
+"""Scoring rules of the official evaluation code, one file per metric family."""

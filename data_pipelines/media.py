@@ -1,0 +1,55 @@
+"""Encoded media bytes -> uint8 pixels, with failures turned into counted skips.
+
+Everything is decoded from bytes, so a file on disk and a record in ArrayRecord go through one
+code path. Frame sampling is `vllava_jax.processing.video`'s seeking decoder (identical frames to
+the reference recipe); it only takes paths publicly, so we open the container ourselves.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import av
+import numpy as np
+from etils import epath
+from PIL import Image
+
+from data_pipelines.bad_data import SkipSample
+from vllava_jax.processing import video as video_lib
+
+
+def read_media(element: dict[str, Any]) -> bytes:
+    """The element's encoded medium: from the record, else from its file."""
+    data = element["media_bytes"]
+    if not data and element["media_path"]:
+        try:
+            data = epath.Path(element["media_path"]).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise SkipSample("missing_media", f"{element['media_path']}: no such file") from None
+    if not data:
+        raise SkipSample("missing_media", f"{element['media_path'] or 'record'}: empty {element['media_kind']}")
+    return data
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, Image.DecompressionBombError) as e:
+        raise SkipSample("corrupt_media", f"{where}: not a readable image ({e})") from None
+    return image
+
+
+def decode_video(data: bytes, num_frames: int, where: str) -> np.ndarray:
+    """(num_frames, H, W, 3) uint8, sampled as `vllava_jax.processing.video.read_frames` samples."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise SkipSample("corrupt_media", f"{where}: has no video stream")
+            frames = video_lib._read_sampled(container, num_frames, rotate=True)  # noqa: SLF001
+    except av.error.FFmpegError as e:
+        raise SkipSample("corrupt_media", f"{where}: cannot be decoded ({e})") from None
+    if frames is None:
+        raise SkipSample("corrupt_media", f"{where}: holds no decodable video frames")
+    return frames

@@ -1,0 +1,87 @@
+"""Examples -> fixed-shape batches, one sample per row or several packed per row (first fit).
+
+A Grain `IterDataset` so that it runs inside the `mp_prefetch` workers and its state checkpoints
+with the rest of the pipeline. A batch closes when the next example fits in no row or would
+exceed the batch's image/video capacity; that example opens the next batch. The iterator state
+is the parent's state *before* that held-over example, so a restored iterator produces exactly
+the batches the original would have produced next.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from data_pipelines.bad_data import DataError, skip_counts
+from data_pipelines.batching import BatchSpec, make_batch
+
+
+class PackIterDataset(grain.IterDataset):
+    def __init__(self, parent: grain.IterDataset, spec: BatchSpec, pack: bool):
+        super().__init__(parent)
+        self.spec, self.pack = spec, pack
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _PackIterator(self._parent.__iter__(), self.spec, self.pack)
+
+    def __str__(self) -> str:
+        return f"PackIterDataset(pack={self.pack}, {self.spec})"
+
+
+class _PackIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, pack: bool):
+        super().__init__(parent)
+        self.spec, self.pack = spec, pack
+        self._held = None  # (example, parent state before it)
+
+    def _next_example(self):
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
+        state = self._parent.get_state()
+        return next(self._parent), state
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        spec = self.spec
+        rows: list[list[dict]] = []
+        fill: list[int] = []
+        images = videos = 0
+        skipped = skip_counts()
+        while True:
+            try:
+                example, state = self._next_example()
+            except StopIteration:
+                if rows or skipped.any():
+                    break
+                raise
+            if "skipped" in example:
+                skipped += example["skipped"]
+                continue
+            n = len(example["input_ids"])
+            fits_visuals = (images + len(example["images"]) <= spec.image_capacity
+                            and videos + len(example["videos"]) <= spec.video_capacity)
+            row = next((r for r, used in enumerate(fill) if used + n <= spec.max_length), None) if self.pack else None
+            if row is None and len(rows) < spec.rows:
+                rows.append([])
+                fill.append(0)
+                row = len(rows) - 1
+            if row is None or not fits_visuals:
+                if not rows or not any(rows):
+                    raise DataError(f"an example with {len(example['images'])} image(s) and "
+                                     f"{len(example['videos'])} video(s) can never fit {spec}")
+                if not rows[-1]:
+                    rows.pop()
+                self._held = (example, state)
+                break
+            rows[row].append(example)
+            fill[row] += n
+            images += len(example["images"])
+            videos += len(example["videos"])
+        return make_batch(rows, spec, skipped)
+
+    def get_state(self) -> dict:
+        return self._held[1] if self._held is not None else self._parent.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state)
+        self._held = None

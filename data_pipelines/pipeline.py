@@ -1,0 +1,47 @@
+"""The training input pipeline in one function: sources -> shard -> shuffle -> mix -> epochs -> examples
+-> batches -> worker processes. The trainer device-puts the batches (`grain.experimental.device_put`
+or `jax.make_array_from_process_local_data`) and checkpoints `iterator.get_state()` with its state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grain
+
+from data_pipelines.batching import BatchSpec
+from data_pipelines.packing import PackIterDataset
+from data_pipelines.transforms import ExampleTransform
+
+
+def make_dataset(
+    sources: Sequence,
+    transform: ExampleTransform,
+    spec: BatchSpec,
+    *,
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+    num_epochs: int | None = 1,
+    pack: bool = False,
+    shard: grain.sharding.ShardOptions | None = None,
+    num_workers: int = 0,
+    worker_buffer_size: int = 2,
+) -> grain.IterDataset:
+    """Batches of `spec`'s shape (see `batching`) from random-access `sources` mixed by `weights`.
+
+    `shard` defaults to this JAX process's share (`ShardByJaxProcess`): every source is strided by
+    process, so processes see disjoint samples that together cover the data. Each source is
+    shuffled by `seed` before mixing (which keeps the proportions), and reshuffled every epoch;
+    `num_epochs=None` repeats forever. `num_workers` > 0 decodes in that many processes; resuming
+    from a saved state needs the same `num_workers` (packing is stateful).
+    """
+    shard = shard or grain.sharding.ShardByJaxProcess()
+    datasets = [grain.MapDataset.source(s)[shard.shard_index::shard.shard_count].shuffle(seed=seed + i)
+                for i, s in enumerate(sources)]
+    ds = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
+    ds = ds.repeat(num_epochs).map(transform).to_iter_dataset()
+    ds = PackIterDataset(ds, spec, pack)
+    if num_workers:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=worker_buffer_size))
+    return ds

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grain
+from absl import flags
 
 from data_pipelines.batching import BatchSpec
 from data_pipelines.packing import PackIterDataset
@@ -42,6 +43,8 @@ def make_dataset(
     ds = ds.repeat(num_epochs).map(transform).to_iter_dataset()
     ds = PackIterDataset(ds, spec, pack)
     if num_workers:
+        if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app (pytest, notebooks) none are
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                          per_worker_buffer_size=worker_buffer_size))
     return ds

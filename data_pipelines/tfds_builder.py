@@ -27,6 +27,8 @@ class VideoLlavaAnnotations(tfds.core.GeneratorBasedBuilder):
     """`annotation_file`/`media_root` are needed to build only; reading needs just the `data_dir`."""
 
     VERSION = tfds.core.Version("1.0.0")
+    # No checksums file to look for; TFDS 4.9.10 would need the uninstalled `importlib_resources` to find one.
+    code_path = None
 
     def __init__(self, *, annotation_file: epath.PathLike | None = None, media_root: epath.PathLike | None = None,
                  **kwargs):

@@ -40,13 +40,14 @@ class PopeTask:
 
     def score(self, records: list[dict]) -> tuple[list[dict], dict]:
         preds = [("no" if r["answer"] != "no" else "yes") if r["missing"] else r["pred"] for r in records]
-        metrics = {}
+        per_file = {}
         for category in CATEGORIES:
             rows = [(p, r["answer"]) for p, r in zip(preds, records) if r["extra"]["category"] == category]
             if rows:
-                metrics[category] = pope_metrics(*zip(*rows))
-        for key in ("accuracy", "f1"):
-            metrics[key] = sum(m[key] for m in metrics.values()) / len(metrics) if metrics else 0.0
+                per_file[category] = pope_metrics(*zip(*rows))
+        means = {key: sum(m[key] for m in per_file.values()) / len(per_file) if per_file else 0.0
+                 for key in ("accuracy", "f1")}
+        metrics = per_file | means | {"count": len(records)}
         verdicts = [{"yes": answer_is_yes(p), "correct": answer_is_yes(p) == (r["answer"] != "no")}
                     for p, r in zip(preds, records)]
         return verdicts, metrics

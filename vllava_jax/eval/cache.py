@@ -52,7 +52,7 @@ def write_atomic(path: epath.Path, text: str) -> None:
     """Readers never see a half-written output file."""
     tmp = path.parent / f".{path.name}.partial"
     tmp.write_text(text)
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 def write_jsonl(path: epath.Path, rows: list[dict]) -> None:

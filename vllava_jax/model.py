@@ -41,9 +41,10 @@ class VideoLlava:
         self.state = state
 
     @classmethod
-    def random(cls, config: VideoLlavaConfig, dtype: str = "float32", seed: int = 0, remat: bool = False):
+    def random(cls, config: VideoLlavaConfig, dtype: str | DTypePolicy = "float32", seed: int = 0,
+               remat: bool = False):
         """A randomly initialized model (tests, demos, training from scratch)."""
-        policy = DTypePolicy.from_name(dtype)
+        policy = dtype if isinstance(dtype, DTypePolicy) else DTypePolicy.from_name(dtype)
         return cls(config, policy, *nnx.split(VideoLlavaModel(config, policy, nnx.Rngs(seed), remat)))
 
     @property
@@ -106,14 +107,18 @@ class VideoLlava:
                                    sampling=sampling, key=key)
 
 
-def load_pretrained(path: epath.PathLike, dtype: str = "float32", remat: bool = False, mesh=None) -> VideoLlava:
+def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", remat: bool = False,
+                    mesh=None) -> VideoLlava:
     """Load a checkpoint dir: transformers, original Video-LLaVA or ours (`checkpoint.formats.detect` tells).
+
+    `dtype` names one dtype for parameters and compute, or is a `DTypePolicy` (training keeps
+    float32 master weights and computes in bfloat16).
 
     With a `mesh`, every parameter lands on its `sharding.state_shardings` placement (ours is
     restored straight onto it); without one, on the default device.
     """
     source = formats.open_source(path)
-    policy = DTypePolicy.from_name(dtype)
+    policy = dtype if isinstance(dtype, DTypePolicy) else DTypePolicy.from_name(dtype)
     abstract = nnx.eval_shape(lambda: VideoLlavaModel(source.config, policy, nnx.Rngs(0), remat))
     graphdef, abstract_state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(abstract_state))

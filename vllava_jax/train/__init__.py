@@ -1,0 +1,1 @@
+"""Two-stage training: frozen-group partitioning, optimizer, the jitted step, the checkpointed loop."""

@@ -1,0 +1,41 @@
+"""Train Video-LLaVA: `python -m vllava_jax.train --config configs/NAME.py --workdir DIR [--config.key=value]`.
+
+Stage 1 trains the projector, stage 2 the projector and the LLM (`config.stage`); the towers stay
+frozen. The run resumes from the latest complete checkpoint in DIR. Multi-host jobs (TPU pod
+slices, several GPU hosts) start the same command on every host; `--distributed` calls
+`jax.distributed.initialize()` first, which finds the coordinator from the environment.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file; override keys with --config.key=value")
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard events go here")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host jobs)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+    import jax
+
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    from vllava_jax.train.data import make_data
+    from vllava_jax.train.loop import build_model_config, train
+
+    config = _CONFIG.value
+    result = train(config, _WORKDIR.value, make_data(config, build_model_config(config)))
+    if jax.process_index() == 0:
+        last = f"{result.losses[-1]:.4f}" if result.losses else "n/a (already complete)"
+        print(f"{config.stage}: step {int(result.state.step)}/{config.total_steps}, last loss {last}, "
+              f"checkpoints in {_WORKDIR.value}/checkpoints", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,41 @@
+"""The trainer's input: the Grain pipeline over annotation files, or synthetic batches for smoke runs."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vllava_jax.config import VideoLlavaConfig
+from vllava_jax.errors import ConfigError
+from vllava_jax.train.synthetic import SyntheticBatches
+
+
+def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig):
+    """An iterator of fixed-shape batches (data_pipelines.batching's contract) with get/set_state.
+
+    `data.kind`: "annotations" reads `data.annotations` (LLaVA-format JSON/JSONL files, media under
+    the matching `data.media_roots`, mixed by `data.weights`), tokenized with the checkpoint's
+    tokenizer (`data.tokenizer`, default `init_checkpoint`); "synthetic" makes random batches.
+    """
+    data = config.data
+    if data.kind == "synthetic":
+        return SyntheticBatches(model_config, rows=config.batch_size, length=config.max_length, seed=config.seed)
+    if data.kind != "annotations":
+        raise ConfigError(f"data.kind {data.kind!r} is not 'annotations' or 'synthetic'")
+    from data_pipelines.batching import BatchSpec
+    from data_pipelines.pipeline import make_dataset
+    from data_pipelines.sources import AnnotationSource
+    from data_pipelines.transforms import ExampleTransform
+    from vllava_jax.processing.processor import Processor
+
+    tokenizer_dir = data.get("tokenizer") or config.init_checkpoint
+    if not tokenizer_dir:
+        raise ConfigError("data.kind='annotations' needs a tokenizer: set data.tokenizer or init_checkpoint")
+    if len(data.annotations) != len(data.media_roots):
+        raise ConfigError(f"data.annotations ({len(data.annotations)}) and data.media_roots "
+                          f"({len(data.media_roots)}) must pair up")
+    sources = [AnnotationSource(a, m) for a, m in zip(data.annotations, data.media_roots)]
+    spec = BatchSpec.for_processor(Processor.from_pretrained(tokenizer_dir), config.batch_size, config.max_length)
+    transform = ExampleTransform(tokenizer_dir, template=data.template, max_length=config.max_length)
+    dataset = make_dataset(sources, transform, spec, weights=list(data.weights) or None, seed=config.seed,
+                           num_epochs=None, pack=data.pack, num_workers=data.num_workers)
+    return iter(dataset)

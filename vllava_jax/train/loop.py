@@ -1,0 +1,183 @@
+"""The training loop: mesh, sharded state, the one jitted step, Orbax checkpoints, logs.
+
+A run resumes from the latest complete checkpoint in its workdir (Orbax writes each step to a
+temporary dir and commits it by rename, so a step interrupted mid-write is never picked). The data
+iterator's state is saved with the parameters and optimizer, so a resumed run sees the very next
+batch. A non-finite loss stops the run before anything is saved from the bad step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+from jax.sharding import NamedSharding
+from tqdm import tqdm
+
+import vllava_jax
+from vllava_jax.config import DTypePolicy, VideoLlavaConfig
+from vllava_jax.errors import VllavaError
+from vllava_jax.sharding import logical_to_spec, make_mesh, state_shardings
+from vllava_jax.train import flops, partition
+from vllava_jax.train.optimizer import make_optimizer
+from vllava_jax.train.step import TrainState, train_step
+
+MODEL_KEYS = ("input_ids", "labels", "attention_mask", "positions", "segment_ids", "pixel_values_images",
+              "pixel_values_videos")
+
+
+class TrainingDiverged(VllavaError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DataIterator(Protocol):
+    def __next__(self) -> dict[str, np.ndarray]: ...
+    def get_state(self) -> Any: ...
+    def set_state(self, state: Any) -> None: ...
+
+
+@dataclasses.dataclass
+class RunResult:
+    losses: list[float]
+    state: TrainState
+    frozen: nnx.State
+    graphdef: Any
+
+
+def policy_from_config(config: ml_collections.ConfigDict) -> DTypePolicy:
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    compute = config.get("compute_dtype", "bfloat16")
+    return DTypePolicy(param_dtype=dtypes[config.get("param_dtype", "float32")], compute_dtype=dtypes[compute],
+                       matmul_precision="highest" if compute == "float32" else "default")
+
+
+def build_model_config(config: ml_collections.ConfigDict) -> VideoLlavaConfig:
+    if config.get("init_checkpoint"):
+        return VideoLlavaConfig.from_json(epath.Path(config.init_checkpoint) / "config.json")
+    return VideoLlavaConfig.from_hf_dict(config.model.to_dict())
+
+
+def build_model(config: ml_collections.ConfigDict, mesh) -> vllava_jax.VideoLlava:
+    """From a converted checkpoint (`init_checkpoint`) or randomly from `model` (a config.json dict)."""
+    policy = policy_from_config(config)
+    if config.get("init_checkpoint"):
+        return vllava_jax.load_pretrained(config.init_checkpoint, dtype=policy, remat=config.remat, mesh=mesh)
+    return vllava_jax.VideoLlava.random(build_model_config(config), dtype=policy, seed=config.seed,
+                                        remat=config.remat)
+
+
+def batch_shardings(batch: dict[str, np.ndarray], mesh) -> dict[str, NamedSharding]:
+    """Rows over (data, fsdp); a pixel buffer's leading dim likewise where it divides. Axis 0 stacks microbatches."""
+    def one(x):
+        names = (None, "batch") + (None,) * (x.ndim - 2)
+        return NamedSharding(mesh, logical_to_spec(names, x.shape, mesh))
+
+    return {k: one(v) for k, v in batch.items()}
+
+
+def _stack(iterator: DataIterator, accum: int) -> dict[str, np.ndarray]:
+    batches = [next(iterator) for _ in range(accum)]
+    return {k: np.stack([b[k] for b in batches]) for k in MODEL_KEYS if k in batches[0]}
+
+
+class Logger:
+    """The same scalars to a JSONL file and TensorBoard event files in the workdir."""
+
+    def __init__(self, workdir: epath.Path, write: bool):
+        self.write = write
+        self.jsonl = workdir / "metrics.jsonl"
+        self.events = None
+        if write:
+            from vllava_jax.train.tensorboard import EventWriter
+
+            self.events = EventWriter(workdir / "tensorboard")
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.write:
+            return
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.events.scalars(step, scalars)
+
+
+def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: DataIterator,
+          steps: int | None = None) -> RunResult:
+    """Run (or resume) `config.total_steps` steps, or stop after `steps` more (tests)."""
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh_config = config.mesh.to_dict()
+    devices = jax.devices()[: mesh_config.pop("num_devices", None) or None]
+    mesh = make_mesh(**mesh_config, devices=devices)
+    model = build_model(config, mesh)
+    graphdef, trainable, frozen = partition.split_trainable(model.module, partition.STAGES[config.stage])
+    trainable = jax.device_put(trainable, state_shardings(trainable, mesh))
+    frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
+    optimizer, schedule = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
+                                         config.weight_decay, config.max_grad_norm)
+    state = TrainState(jnp.int32(0), trainable, jax.jit(optimizer.init)(trainable))
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen)
+
+    manager = ocp.CheckpointManager(
+        workdir / "checkpoints",
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint_keep,
+                                             save_interval_steps=config.checkpoint_every,
+                                             enable_async_checkpointing=True),
+    )
+    if manager.latest_step() is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        state = restored.state
+        data.set_state(restored.data)
+
+    step_fn = None
+    losses: list[float] = []
+    logger = Logger(workdir, write=jax.process_index() == 0)
+    flops_per_token = flops.train_flops_per_token(model.config, config.stage)
+    peak = flops.peak_flops(config.get("peak_flops_per_device"))
+    start_step = int(state.step)
+    end_step = config.total_steps if steps is None else min(config.total_steps, start_step + steps)
+    bar = tqdm(range(start_step, end_step), initial=start_step, total=config.total_steps, desc=config.stage,
+               disable=jax.process_index() != 0)
+    try:
+        for step in bar:
+            batch = _stack(data, config.accum_steps)
+            shardings = batch_shardings(batch, mesh)
+            if step_fn is None:  # one compiled step, explicit in/out shardings (the pjit of older JAX)
+                step_fn = jax.jit(train_step, static_argnums=(0, 1),
+                                  in_shardings=(state_sharding, frozen_sharding, shardings),
+                                  out_shardings=(state_sharding, None), donate_argnums=(2,))
+            began = time.perf_counter()
+            state, metrics = step_fn(graphdef, optimizer, state, frozen, jax.device_put(batch, shardings))
+            loss = float(metrics["loss"])
+            seconds = time.perf_counter() - began
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
+                                       f"(step {manager.latest_step()}) in {workdir / 'checkpoints'} is kept.")
+            losses.append(loss)
+            tokens = float(metrics["tokens"])
+            scalars = {"loss": loss, "learning_rate": float(schedule(step)), "grad_norm": float(metrics["grad_norm"]),
+                       "tokens_per_second": tokens / seconds, "seconds_per_step": seconds,
+                       "mfu": flops_per_token * tokens / seconds / (peak * jax.device_count()) if peak else 0.0}
+            if (step + 1) % config.log_every == 0 or step + 1 == end_step:
+                logger.log(step + 1, scalars)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scalars['learning_rate']:.2e}",
+                            tok_s=f"{scalars['tokens_per_second']:.0f}", mfu=f"{scalars['mfu']:.1%}")
+            manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                          data=ocp.args.JsonSave(data.get_state())),
+                         force=step + 1 == end_step)  # the last step of a run is always kept
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+    return RunResult(losses, state, frozen, graphdef)

@@ -1,0 +1,40 @@
+"""Which parameters a stage trains, by regex over their path ("language_model/layers/attn/q/kernel").
+
+Stage 1 trains the projector; stage 2 the projector and the LLM; the towers stay frozen. Frozen
+parameters never reach the optimizer, so no optimizer state is kept for them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from flax import nnx
+
+STAGES = {
+    "stage1": (r"^projector/",),
+    "stage2": (r"^projector/", r"^language_model/"),
+    "full": (r".*",),
+}
+
+
+def path_string(path: Sequence) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def trainable_filter(patterns: Sequence[str]):
+    """An NNX filter selecting parameters whose path matches any pattern."""
+    compiled = [re.compile(p) for p in patterns]
+
+    def is_trainable(path, value) -> bool:
+        return isinstance(value, nnx.Param) and any(c.search(path_string(path)) for c in compiled)
+
+    return is_trainable
+
+
+def split_trainable(module: nnx.Module, patterns: Sequence[str]):
+    """(graphdef, trainable state, frozen state); raises if the patterns select nothing."""
+    graphdef, trainable, frozen = nnx.split(module, trainable_filter(patterns), ...)
+    if not nnx.to_flat_state(trainable):
+        raise ValueError(f"trainable patterns {list(patterns)} match no parameter")
+    return graphdef, trainable, frozen

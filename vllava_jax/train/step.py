@@ -1,0 +1,61 @@
+"""The jitted train step: loss over answer tokens only, gradient accumulation, AdamW update.
+
+Pure functions over (graphdef, trainable state, frozen state): the frozen towers are closed over,
+never differentiated, so they cost forward FLOPs only and carry no optimizer state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+IGNORE = -100
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: nnx.State  # the trainable parameters only
+    opt_state: Any
+
+
+def answer_loss(graphdef, params, frozen, batch) -> tuple[jax.Array, jax.Array]:
+    """(summed next-token NLL over labelled tokens, number of labelled tokens) for one microbatch.
+
+    `labels[t]` is the target of the token at t (IGNORE where nothing is learned); logits at t
+    predict t + 1, as transformers shifts them.
+    """
+    model = nnx.merge(graphdef, params, frozen)
+    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values_images"),
+                   batch.get("pixel_values_videos"), batch.get("positions"), batch.get("segment_ids"))
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = batch["labels"][:, 1:]
+    labelled = targets != IGNORE
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.where(labelled, targets, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * labelled), jnp.sum(labelled)
+
+
+def train_step(graphdef, optimizer: optax.GradientTransformation, state: TrainState, frozen, batches):
+    """One update from `batches`, a stack (accumulation steps, ...) of microbatches.
+
+    The loss is the mean over every labelled token of all microbatches, as if they were one batch.
+    """
+    grad_fn = jax.value_and_grad(answer_loss, argnums=1, has_aux=True)
+
+    def accumulate(carry, batch):
+        grads, loss_sum, count = carry
+        (loss, n), g = grad_fn(graphdef, state.params, frozen, batch)
+        return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + n), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, loss_sum, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0), batches)
+    denominator = jnp.maximum(count, 1).astype(jnp.float32)
+    grads = jax.tree.map(lambda g: g / denominator, grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss_sum / denominator, "grad_norm": optax.tree.norm(grads), "tokens": count}
+    return TrainState(state.step + 1, params, opt_state), metrics

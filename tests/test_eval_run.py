@@ -5,15 +5,13 @@ input reported."""
 from __future__ import annotations
 
 import json
-import shutil
-
 import numpy as np
 import pytest
 from PIL import Image
 
 import vllava_jax
 from tests import media
-from vllava_jax.checkpoint.export import save_hf
+from tests.test_generate_cli import checkpoint  # noqa: F401  (a fixture, shared rather than copied)
 from vllava_jax.eval import runner
 from vllava_jax.eval.__main__ import main
 from vllava_jax.eval.runner import RunConfig
@@ -23,15 +21,9 @@ MAX_NEW = 3
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    tokenizer_dir = tmp_path_factory.mktemp("tokenizer")
-    media.save_tokenizer_checkpoint(tokenizer_dir, image_size=28)
-    config = vllava_jax.VideoLlavaConfig.from_json(tokenizer_dir / "config.json")
-    path = save_hf(vllava_jax.VideoLlava.random(config, seed=3), tokenizer_dir.parent / "model", overwrite=True)
-    for f in tokenizer_dir.iterdir():
-        if f.name != "config.json":
-            shutil.copy(f, path / f.name)
-    return path
+def model_dir(checkpoint):
+    """The generate CLI tests' tiny random transformers checkpoint with a trained tokenizer."""
+    return checkpoint[0]
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +103,7 @@ def test_activitynet_prefix_and_folders(loaded, tmp_path):
     assert doc["missing_media"] == 0
 
 
+@pytest.mark.slow
 def test_batch_size_never_changes_an_answer(loaded, tmp_path):
     data = write_video_set(tmp_path / "msvd", ["a", "b", "c"])
     preds = {}

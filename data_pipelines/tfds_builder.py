@@ -5,6 +5,8 @@ millions of files. TFDS's `Image`/`Video` features need TensorFlow, so the encod
 stored as plain bytes and decoded by our PyAV/Pillow code (`media.py`). A medium missing at build
 time is stored empty and skipped (counted) when read, as reading the JSON directly would.
 One dataset per `data_dir`: build each annotation file into its own dir and mix the sources.
+Limit: TFDS 4.9.10's writer spills to disk through `tf.io.gfile` once a split's records pass
+1 GB, so without TensorFlow a build must stay under 1 GB of encoded media (split big files).
 """
 
 from __future__ import annotations

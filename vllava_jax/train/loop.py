@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 import vllava_jax
@@ -124,7 +124,10 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
     optimizer, schedule = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
                                          config.weight_decay, config.max_grad_norm)
-    state = TrainState(jnp.int32(0), trainable, jax.jit(optimizer.init)(trainable))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    # moments follow their parameters' shardings; scalars (step, counts) are replicated on the mesh
+    state = jax.tree.map(lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated),
+                         TrainState(jnp.int32(0), trainable, jax.jit(optimizer.init)(trainable)))
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen)
 

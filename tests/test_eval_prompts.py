@@ -11,7 +11,9 @@ from vllava_jax.eval.runner import prompt_of
 from vllava_jax.eval.tasks import registry
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-          "detailed, and polite answers to the user's questions. ")
+          "detailed, and polite answers to the user's questions. ")  # vicuna_v1: the image benchmarks
+LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                "helpful, detailed, and polite answers to the human's questions. ")  # llava_v1: video QA
 
 
 def write(path, rows, lines=False):
@@ -28,7 +30,7 @@ def first_prompt(task_name, data):
 def test_video_qa_prompt(task, tmp_path):
     write(tmp_path / "test_q.json", [{"video_name": "x", "question": "what is the man doing", "question_id": 1}])
     write(tmp_path / "test_a.json", [{"answer": "play", "type": 0, "question_id": 1}])
-    assert first_prompt(task, tmp_path) == SYSTEM + "USER: <video>\nwhat is the man doing ASSISTANT:"
+    assert first_prompt(task, tmp_path) == LLAVA_SYSTEM + "USER: <video>\nwhat is the man doing ASSISTANT:"
 
 
 def test_image_qa_prompts(tmp_path):

@@ -109,7 +109,9 @@ def test_templates():
     v1 = conversation.get_template("vicuna_v1")
     assert v1.prompt(["Q1", "A1", "Q2"], media=["<image>"]) == (
         conversation.VICUNA_SYSTEM + " USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT:")
-    assert conversation.get_template("llava_v1").prompt(["Q"]) == conversation.VICUNA_SYSTEM + " USER: Q ASSISTANT:"
+    assert conversation.get_template("llava_v1").prompt(["Q"]) == (
+        "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the human's questions. USER: Q ASSISTANT:")  # LLaVA's conv_llava_v1
     assert conversation.get_template("hf").prompt(["What happens?"], media=["<video>"]) == (
         "USER: <video>\nWhat happens? ASSISTANT:")
     assert conversation.get_template("plain").prompt(["ignored", "a cat"], media=["<image>"]) == "<image>a cat\n"

@@ -1,7 +1,8 @@
 """Prompt templates, the one place they are defined.
 
 - "llava_v1" / "vicuna_v1": the original project's chat format (LLaVA's `SeparatorStyle.TWO`):
-  `SYSTEM USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT:`.
+  `SYSTEM USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT:`; they differ only in the system prompt
+  ("curious human" / "curious user"). Training and video QA use llava_v1, the image benchmarks vicuna_v1.
 - "plain": pretraining (LLaVA's `preprocess_plain`): the visual placeholders, directly followed by
   the caption, then "\\n"; no system prompt, no roles, the question is dropped.
 - "hf": the prompt style of the transformers model cards: `USER: <video>\\nq1 ASSISTANT: a1 USER: q2 ASSISTANT:`.
@@ -18,6 +19,9 @@ from vllava_jax.errors import InputError
 
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+# LLaVA's conv_llava_v1 says "human" where conv_vicuna_v1 says "user"; the rest is identical.
+LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +56,10 @@ class Template:
         return out
 
 
-_VICUNA = dict(system=VICUNA_SYSTEM, roles=("USER", "ASSISTANT"), sep=" ", sep2="</s>")
+_TWO_SEPARATORS = dict(roles=("USER", "ASSISTANT"), sep=" ", sep2="</s>")
 TEMPLATES = {
-    "llava_v1": Template("llava_v1", **_VICUNA),
-    "vicuna_v1": Template("vicuna_v1", **_VICUNA),
+    "llava_v1": Template("llava_v1", system=LLAVA_SYSTEM, **_TWO_SEPARATORS),
+    "vicuna_v1": Template("vicuna_v1", system=VICUNA_SYSTEM, **_TWO_SEPARATORS),
     "plain": Template("plain", system="", roles=("", ""), sep="\n", sep2="\n", plain=True),
     "hf": Template("hf", system="", roles=("USER", "ASSISTANT"), sep=" ", sep2=" "),
 }

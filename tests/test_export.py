@@ -32,13 +32,3 @@ def test_export_refuses_to_overwrite(tmp_path):
     (tmp_path / "hf").mkdir()
     with pytest.raises(vllava_jax.CheckpointError, match="exists"):
         save_hf(vllava_jax.VideoLlava.random(config), tmp_path / "hf")
-
-
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    from vllava_jax import demo
-
-    demo.main(["--workdir", str(tmp_path), "--new-tokens", "2"])
-    out = capsys.readouterr().out
-    assert "pixel_values_videos (1, 8, 3, 32, 32)" in out
-    assert (tmp_path / "tiny_random_hf" / "model.safetensors").exists()

@@ -1,0 +1,71 @@
+"""The quickstart demo, shortened (a few steps on a few files), end to end; and the shapes world it runs on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from configs import shapes_tiny
+from data_pipelines.shapes import ShapesSpec, generate
+from data_pipelines.shapes_tokenizer import write_tokenizer
+from vllava_jax.processing.processor import Processor
+
+SMALL = ShapesSpec(train_videos=3, train_images=3, eval_videos=2, eval_images=2)
+
+
+def test_shapes_world_is_deterministic(tmp_path):
+    a, b = generate(tmp_path / "a", seed=3, spec=SMALL), generate(tmp_path / "b", seed=3, spec=SMALL)
+    files = sorted(p.relative_to(a.root) for p in a.root.rglob("*") if p.is_file())
+    assert len(files) == 3 + 3 + 2 + 2 + 4 + 4  # media, four annotation files, two eval sets of two files
+    for name in files:
+        assert (a.root / name).read_bytes() == (b.root / name).read_bytes(), name
+    other = generate(tmp_path / "c", seed=4, spec=SMALL)
+    assert (other.root / "stage2_videos.json").read_text() != (a.root / "stage2_videos.json").read_text()
+
+
+def test_shapes_annotations_follow_the_llava_format(tmp_path):
+    data = generate(tmp_path, seed=0, spec=SMALL)
+    video_qa = json.loads(data.stage2[0].read_text())[0]
+    assert video_qa["video"].endswith(".mp4") and (data.root / video_qa["video"]).exists()
+    first, answer = video_qa["conversations"][:2]
+    assert first["value"].startswith("<video>\nWhich direction does the ")
+    assert answer["value"] in ("left", "right", "up", "down")
+    caption = json.loads(data.stage1[1].read_text())[0]["conversations"]
+    assert caption[0]["value"] == "<image>\n" and " on the left and a " in caption[1]["value"]
+    questions = json.loads((data.video_eval / "test_q.json").read_text())
+    answers = json.loads((data.video_eval / "test_a.json").read_text())
+    assert [q["question_id"] for q in questions] == [a["question_id"] for a in answers]
+    assert (data.video_eval / "videos" / f"{questions[0]['video_name']}.mp4").exists()
+
+
+def test_tokenizer_files_load_with_the_placeholders(tmp_path):
+    ids = write_tokenizer(tmp_path, shapes_tiny.SP_VOCAB_SIZE)
+    (tmp_path / "config.json").write_text(json.dumps(shapes_tiny.model_config()))
+    proc = Processor.from_pretrained(tmp_path)
+    assert (proc.image_token_id, proc.video_token_id, proc.tokenizer.pad_token_id) == (
+        ids["<image>"], ids["<video>"], ids["<pad>"])
+    encoded = proc.tokenizer.encode("<video>\nWhich direction does the red circle move?")
+    assert encoded[:2] == [1, ids["<video>"]] and len(encoded) < 16
+    assert proc.decode(encoded, skip_special_tokens=True) == "Which direction does the red circle move?"
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    from vllava_jax import demo
+
+    metrics = demo.main(["--workdir", str(tmp_path), "--stage1-steps", "2", "--stage2-steps", "2",
+                         "--train-videos", "4", "--train-images", "4", "--eval-videos", "3", "--eval-images", "3"])
+    out = capsys.readouterr().out
+    assert "[5/5] one answer from python -m vllava_jax.generate" in out and "accuracy:" in out
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert set(metrics["accuracy"]) == {"video_direction", "image_color"}
+    assert metrics["steps"] == {"stage1": 2, "stage2": 2}
+    for stage in ("init", "stage1", "stage2"):
+        assert (tmp_path / "checkpoints" / stage / "model.safetensors").exists()
+        assert (tmp_path / "checkpoints" / stage / "tokenizer.model").exists()
+    for kind in ("video_direction", "image_color"):
+        assert len((tmp_path / "eval" / kind / "predictions.jsonl").read_text().splitlines()) == 3
+    with Image.open(tmp_path / "plot.png") as plot:
+        assert plot.format == "PNG" and plot.size == (900, 420)

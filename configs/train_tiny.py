@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_grad_norm = 1.0
     config.total_steps = 20
     config.accum_steps = 1
-    config.batch_size = 8  # rows per microbatch, global
+    config.batch_size = 8  # rows per microbatch read by each process; global = batch_size x processes
     config.max_length = 256
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=0))
     config.checkpoint_every = 5

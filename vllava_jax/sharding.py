@@ -19,6 +19,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # logical axis -> mesh axis (or axes, or None = replicated)
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
+    ("pixel_batch", "data"),  # image/video buffers: fewer entries than rows, split between hosts
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),

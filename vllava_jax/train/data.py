@@ -18,7 +18,11 @@ def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig)
     """
     data = config.data
     if data.kind == "synthetic":
-        return SyntheticBatches(model_config, rows=config.batch_size, length=config.max_length, seed=config.seed)
+        import jax
+
+        count = jax.process_count()
+        return SyntheticBatches(model_config, rows=config.batch_size * count, length=config.max_length,
+                                seed=config.seed, process=(jax.process_index(), count))
     if data.kind != "annotations":
         raise ConfigError(f"data.kind {data.kind!r} is not 'annotations' or 'synthetic'")
     from data_pipelines.batching import BatchSpec

@@ -76,18 +76,37 @@ def build_model(config: ml_collections.ConfigDict, mesh) -> vllava_jax.VideoLlav
                                         remat=config.remat)
 
 
-def batch_shardings(batch: dict[str, np.ndarray], mesh) -> dict[str, NamedSharding]:
-    """Rows over (data, fsdp); a pixel buffer's leading dim likewise where it divides. Axis 0 stacks microbatches."""
-    def one(x):
-        names = (None, "batch") + (None,) * (x.ndim - 2)
-        return NamedSharding(mesh, logical_to_spec(names, x.shape, mesh))
-
-    return {k: one(v) for k, v in batch.items()}
+def global_shapes(batch: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Each process holds its own rows (axis 1; axis 0 stacks microbatches): the global batch has them all."""
+    return {k: (v.shape[0], v.shape[1] * jax.process_count(), *v.shape[2:]) for k, v in batch.items()}
 
 
-def _stack(iterator: DataIterator, accum: int) -> dict[str, np.ndarray]:
+def batch_shardings(shapes: dict[str, tuple[int, ...]], mesh) -> dict[str, NamedSharding]:
+    """Rows over (data, fsdp), pixel buffers over data (hosts)."""
+    def one(key, shape):
+        names = (None, "pixel_batch" if key.startswith("pixel_values") else "batch") + (None,) * (len(shape) - 2)
+        return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+
+    return {k: one(k, v) for k, v in shapes.items()}
+
+
+def _stack(iterator: DataIterator, accum: int, skipped: list[np.ndarray]) -> dict[str, np.ndarray]:
     batches = [next(iterator) for _ in range(accum)]
+    skipped.extend(b["skipped"] for b in batches if "skipped" in b)
     return {k: np.stack([b[k] for b in batches]) for k in MODEL_KEYS if k in batches[0]}
+
+
+def to_global(batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding]) -> dict[str, jax.Array]:
+    """One global array per key from every process's local rows (each process reads its own shard)."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, shardings)
+    for key, sharding in shardings.items():
+        if sharding.is_fully_replicated:
+            raise VllavaError(f"batch[{key!r}] of local shape {batch[key].shape} cannot be split between "
+                              f"{jax.process_count()} processes over the mesh's data axis; make its per-process "
+                              "size divide the data axis size / processes")
+    shapes = global_shapes(batch)
+    return {k: jax.make_array_from_process_local_data(shardings[k], v, shapes[k]) for k, v in batch.items()}
 
 
 class Logger:
@@ -146,6 +165,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
 
     step_fn = None
     losses: list[float] = []
+    skipped: list[np.ndarray] = []  # the data pipeline's per-batch counts of skipped samples
     logger = Logger(workdir, write=jax.process_index() == 0)
     flops_per_token = flops.train_flops_per_token(model.config, config.stage)
     peak = flops.peak_flops(config.get("peak_flops_per_device"))
@@ -155,14 +175,14 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
                disable=jax.process_index() != 0)
     try:
         for step in bar:
-            batch = _stack(data, config.accum_steps)
-            shardings = batch_shardings(batch, mesh)
+            batch = _stack(data, config.accum_steps, skipped)
+            shardings = batch_shardings(global_shapes(batch), mesh)
             if step_fn is None:  # one compiled step, explicit in/out shardings (the pjit of older JAX)
                 step_fn = jax.jit(train_step, static_argnums=(0, 1),
                                   in_shardings=(state_sharding, frozen_sharding, shardings),
                                   out_shardings=(state_sharding, None), donate_argnums=(2,))
             began = time.perf_counter()
-            state, metrics = step_fn(graphdef, optimizer, state, frozen, jax.device_put(batch, shardings))
+            state, metrics = step_fn(graphdef, optimizer, state, frozen, to_global(batch, shardings))
             loss = float(metrics["loss"])
             seconds = time.perf_counter() - began
             if not math.isfinite(loss):
@@ -170,7 +190,8 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
                                        f"(step {manager.latest_step()}) in {workdir / 'checkpoints'} is kept.")
             losses.append(loss)
             tokens = float(metrics["tokens"])
-            scalars = {"loss": loss, "learning_rate": float(schedule(step)), "grad_norm": float(metrics["grad_norm"]),
+            scalars = {"loss": loss, "skipped_samples": float(np.sum(skipped)) if skipped else 0.0,
+                       "learning_rate": float(schedule(step)), "grad_norm": float(metrics["grad_norm"]),
                        "tokens_per_second": tokens / seconds, "seconds_per_step": seconds,
                        "mfu": flops_per_token * tokens / seconds / (peak * jax.device_count()) if peak else 0.0}
             if (step + 1) % config.log_every == 0 or step + 1 == end_step:

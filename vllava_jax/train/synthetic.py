@@ -8,10 +8,13 @@ import numpy as np
 class SyntheticBatches:
     """Batch k depends only on (seed, k): resuming at k gives the very batches an unbroken run sees."""
 
-    def __init__(self, config, rows: int = 8, length: int = 48, seed: int = 0, nan_at: int | None = None):
+    def __init__(self, config, rows: int = 8, length: int = 48, seed: int = 0, nan_at: int | None = None,
+                 process: tuple[int, int] = (0, 1)):
+        """`process` = (index, count): this process's contiguous share of the rows, as a data shard."""
         self.config, self.rows, self.length, self.seed = config, rows, length, seed
         self.index = 0
         self.nan_at = nan_at
+        self.process = process
 
     def __iter__(self):
         return self
@@ -23,19 +26,22 @@ class SyntheticBatches:
         per_image = cfg.image_seq_length
         ids = rng.integers(3, cfg.text_config.vocab_size - 4, (self.rows, self.length)).astype(np.int32)
         ids[:, 0] = 1
-        ids[: self.rows // 2, 2: 2 + per_image] = cfg.image_token_index  # half the rows carry an image
+        ids[::2, 2: 2 + per_image] = cfg.image_token_index  # every other row carries an image
         labels = np.where(np.arange(self.length) >= 2 + per_image + 4, ids, -100).astype(np.int32)
-        images = rng.standard_normal((self.rows, 3, size, size)).astype(np.float32)
+        images = rng.standard_normal((self.rows // 2, 3, size, size)).astype(np.float32)
         if self.nan_at is not None and self.index == self.nan_at:
             images[:] = np.nan
         self.index += 1
+        shard, count = self.process
+        rows = slice(shard * self.rows // count, (shard + 1) * self.rows // count)
+        buffer = slice(rows.start // 2, rows.stop // 2)
         return {
-            "input_ids": ids,
-            "labels": labels,
-            "attention_mask": np.ones_like(ids),
-            "positions": np.broadcast_to(np.arange(self.length, dtype=np.int32), ids.shape).copy(),
-            "segment_ids": np.ones_like(ids),
-            "pixel_values_images": images[: self.rows // 2],
+            "input_ids": ids[rows],
+            "labels": labels[rows],
+            "attention_mask": np.ones_like(ids[rows]),
+            "positions": np.broadcast_to(np.arange(self.length, dtype=np.int32), ids[rows].shape).copy(),
+            "segment_ids": np.ones_like(ids[rows]),
+            "pixel_values_images": images[buffer],
         }
 
     def get_state(self) -> dict:

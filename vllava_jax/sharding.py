@@ -7,7 +7,9 @@ is replicated instead of failing, so one rules table serves every model size.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -30,6 +32,9 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vision_embed", None),  # the towers are frozen and small next to the decoder: replicate them
     ("vision_mlp", "tensor"),
     ("frames", None),
+    # activations: rows over the batch axes, features whole (FSDP gathers weights, not activations)
+    ("length", None),
+    ("activation_embed", None),
 )
 
 
@@ -78,3 +83,27 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
 
 def shard_state(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.State:
     return jax.device_put(state, state_shardings(state, mesh, rules))
+
+
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh) -> Iterator[None]:
+    """While tracing under this context, `constrain` pins activations onto `mesh` by the rules table."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's placement by logical names; a no-op outside `activation_sharding`.
+
+    Without it XLA may keep FSDP-sharded weights in place and replicate the activations instead.
+    """
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh)))

@@ -16,6 +16,9 @@ from flax import nnx
 from vllava_jax.config import DTypePolicy, TextConfig
 from vllava_jax.modeling.layers import Dense, RMSNorm, attention, param, scan_layers, stacked
 from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_tables
+from vllava_jax.sharding import constrain
+
+ACTIVATION = ("batch", "length", "activation_embed")
 
 
 class KVCache(NamedTuple):
@@ -129,9 +132,10 @@ class LlamaDecoder(nnx.Module):
             mask = (same & (segment_ids[:, None, :] > 0))[:, None]
 
         def body(layer: LlamaLayer, h: jax.Array, _):
-            return layer(h, cos, sin, mask)[0], None
+            return constrain(layer(h, cos, sin, mask)[0], ACTIVATION), None
 
-        h, _ = scan_layers(self.layers, inputs_embeds.astype(self.policy.compute_dtype), body, remat=self.remat)
+        h = constrain(inputs_embeds.astype(self.policy.compute_dtype), ACTIVATION)
+        h, _ = scan_layers(self.layers, h, body, remat=self.remat)
         return self.logits(h)
 
     def cached(

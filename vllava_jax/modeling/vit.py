@@ -12,6 +12,7 @@ from flax import nnx
 
 from vllava_jax.config import DTypePolicy, VisionConfig
 from vllava_jax.modeling.layers import Dense, LayerNorm, activation, attention, param, scan_layers, stacked
+from vllava_jax.sharding import constrain
 
 
 class VisionAttention(nnx.Module):
@@ -122,7 +123,7 @@ class VisionTower(nnx.Module):
         collect = len(set(wanted) - {0, depth}) > 0
 
         def body(layer: VisionLayer, h: jax.Array, _) -> tuple[jax.Array, jax.Array | None]:
-            h = layer(h, num_frames)
+            h = constrain(layer(h, num_frames), ("batch", "length", "activation_embed"))
             return h, (h if collect else None)
 
         last, every = scan_layers(self.layers, x, body, length=depth, remat=self.remat)

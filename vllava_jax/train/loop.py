@@ -9,6 +9,7 @@ batch. A non-finite loss stops the run before anything is saved from the bad ste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -27,7 +28,7 @@ from tqdm import tqdm
 import vllava_jax
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.errors import VllavaError
-from vllava_jax.sharding import logical_to_spec, make_mesh, state_shardings
+from vllava_jax.sharding import activation_sharding, logical_to_spec, make_mesh, state_shardings
 from vllava_jax.train import flops, partition
 from vllava_jax.train.optimizer import make_optimizer
 from vllava_jax.train.step import TrainState, train_step
@@ -178,11 +179,13 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
             batch = _stack(data, config.accum_steps, skipped)
             shardings = batch_shardings(global_shapes(batch), mesh)
             if step_fn is None:  # one compiled step, explicit in/out shardings (the pjit of older JAX)
-                step_fn = jax.jit(train_step, static_argnums=(0, 1),
+                pinned = functools.partial(train_step, param_shardings=state_sharding.params)
+                step_fn = jax.jit(pinned, static_argnums=(0, 1),
                                   in_shardings=(state_sharding, frozen_sharding, shardings),
                                   out_shardings=(state_sharding, None), donate_argnums=(2,))
             began = time.perf_counter()
-            state, metrics = step_fn(graphdef, optimizer, state, frozen, to_global(batch, shardings))
+            with activation_sharding(mesh):  # read while the step is traced (first call)
+                state, metrics = step_fn(graphdef, optimizer, state, frozen, to_global(batch, shardings))
             loss = float(metrics["loss"])
             seconds = time.perf_counter() - began
             if not math.isfinite(loss):

@@ -39,19 +39,25 @@ def answer_loss(graphdef, params, frozen, batch) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(nll * labelled), jnp.sum(labelled)
 
 
-def train_step(graphdef, optimizer: optax.GradientTransformation, state: TrainState, frozen, batches):
+def train_step(graphdef, optimizer: optax.GradientTransformation, state: TrainState, frozen, batches,
+               param_shardings=None):
     """One update from `batches`, a stack (accumulation steps, ...) of microbatches.
 
     The loss is the mean over every labelled token of all microbatches, as if they were one batch.
+    `param_shardings` (the trainable parameters' placements) pins gradients to them, so XLA never
+    keeps a replicated copy of a 7B gradient.
     """
     grad_fn = jax.value_and_grad(answer_loss, argnums=1, has_aux=True)
+
+    def pin(tree):
+        return tree if param_shardings is None else jax.lax.with_sharding_constraint(tree, param_shardings)
 
     def accumulate(carry, batch):
         grads, loss_sum, count = carry
         (loss, n), g = grad_fn(graphdef, state.params, frozen, batch)
-        return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + n), None
+        return (pin(jax.tree.map(jnp.add, grads, pin(g))), loss_sum + loss, count + n), None
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zeros = pin(jax.tree.map(jnp.zeros_like, state.params))
     (grads, loss_sum, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0), batches)
     denominator = jnp.maximum(count, 1).astype(jnp.float32)
     grads = jax.tree.map(lambda g: g / denominator, grads)

@@ -53,3 +53,18 @@ def test_unknown_model_type_names_file_and_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
     with pytest.raises(vllava_jax.ConfigError, match=r"config\.json.*'llava_next'"):
         vllava_jax.load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["video_llava_7b_stage1", "video_llava_7b_stage2", "train_tiny"])
+def test_training_configs_describe_their_stage(name):
+    import importlib
+
+    from vllava_jax.train.loop import build_model_config
+    from vllava_jax.train.partition import STAGES
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config.stage in STAGES
+    model = build_model_config(config)
+    if name.startswith("video_llava_7b"):
+        assert model.text_config.num_hidden_layers == 32 and config.max_length == 2048
+        assert config.data.kind == "annotations" and len(config.data.annotations) == len(config.data.media_roots)

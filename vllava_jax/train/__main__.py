@@ -15,7 +15,11 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file; override keys with --config.key=value")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard events go here")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host jobs)")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host jobs); "
+                                  "on TPU pods and SLURM it finds the coordinator itself")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "with --distributed elsewhere: host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --distributed elsewhere: processes in the job")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --distributed elsewhere: this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,7 +29,7 @@ def main(argv) -> None:
     import jax
 
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from vllava_jax.train.data import make_data
     from vllava_jax.train.loop import build_model_config, train
 

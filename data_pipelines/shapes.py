@@ -38,9 +38,9 @@ class ShapesSpec:
     eval_videos: int = 100
     eval_images: int = 100
     canvas: int = 64
-    size: int = 18
+    size: int = 16
     frames: int = 16
-    travel: int = 28
+    travel: int = 36
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,15 +5,16 @@
 1. writes clips and images of colored shapes (PyAV/Pillow) with LLaVA-format captions and QA,
    and held-out eval sets (data_pipelines/shapes.py), a sentencepiece tokenizer and a randomly
    initialized tiny Video-LLaVA checkpoint (configs/shapes_tiny.py);
-2. stage 1 trains the projector on captions, stage 2 the projector and the LLM on QA, with the
-   real trainer and Grain pipeline; each stage is exported as a transformers-format checkpoint;
+2. stage 1 trains the projector on captions, stage 2 everything (projector, LLM and towers) on
+   QA, with the real trainer and Grain pipeline; each stage is exported as a transformers-format
+   checkpoint;
 3. evaluates the final checkpoint with `vllava_jax.eval` (offline judge) on held-out video
    direction questions (MSVD-QA layout) and image color questions (GQA layout);
 4. answers one held-out clip through `python -m vllava_jax.generate`;
 5. writes metrics.json (accuracy per question kind) and plot.png (loss curves, accuracies).
 
-The towers stay frozen at their random initialization, as in the paper's two stages; random ViT
-features still carry the color, position and motion the questions ask about.
+Unlike the paper, whose towers are pretrained and stay frozen, ours start random; frozen random
+towers left the answers near chance, so stage 2 tunes them too (configs/shapes_tiny.py).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("[2/5] stage 1: projector on captions")
     stage1, losses1 = train_stage("stage1", init, data.stage1, data.root, workdir, args.seed, args.stage1_steps)
     lap("stage1")
-    print("[3/5] stage 2: projector + LLM on QA")
+    print("[3/5] stage 2: projector + LLM + towers on QA")
     stage2, losses2 = train_stage("stage2", stage1, data.stage2, data.root, workdir, args.seed, args.stage2_steps)
     lap("stage2")
     print("[4/5] evaluation on held-out clips and images")

@@ -35,7 +35,7 @@ def model_config() -> dict:
 STAGES = {
     # stage: (trained parameters, template, steps, peak learning rate)
     "stage1": ("stage1", "plain", 60, 2e-3),
-    "stage2": ("full", "llava_v1", 500, 2e-3),
+    "stage2": ("full", "llava_v1", 300, 2e-3),
 }
 
 

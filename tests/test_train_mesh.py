@@ -1,4 +1,5 @@
-"""The same tiny training run on 8 simulated devices in several mesh shapes and on one device."""
+"""The same tiny training run on 8 simulated devices in several mesh shapes and on one device, and
+a run saved on one mesh shape resumed on another."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ SCRIPT = textwrap.dedent("""
     base = np.asarray(losses[(1, 1, 1, 1)])
     for shape, values in losses.items():
         np.testing.assert_allclose(values, base, rtol=2e-5, err_msg=str(shape))
+
+    # save on one mesh shape, resume on another: Orbax restores onto the new shardings
+    workdir = tempfile.mkdtemp()
+    first = tiny(total_steps=3, mesh=dict(data=8, fsdp=1, tensor=1, num_devices=8))
+    head = train(first, workdir, SyntheticBatches(build_model_config(first), rows=8, length=48), steps=2).losses
+    second = tiny(total_steps=3, mesh=dict(data=2, fsdp=2, tensor=2, num_devices=8))
+    tail = train(second, workdir, SyntheticBatches(build_model_config(second), rows=8, length=48)).losses
+    np.testing.assert_allclose(head + tail, base, rtol=2e-5)
     print("OK", losses)
 """)
 

@@ -27,7 +27,7 @@ from vllava_jax.processing.processor import Processor
 class ExampleTransform(grain.transforms.Map):
     """Picklable: the processor is rebuilt from `checkpoint_dir` in each worker process."""
 
-    def __init__(self, checkpoint_dir: epath.PathLike, template: str = "llava_v1", max_length: int = 2048,
+    def __init__(self, checkpoint_dir: epath.PathLike, template: str = "vicuna_v1", max_length: int = 2048,
                  policy: str = "skip", video_transform: str | None = None):
         if policy not in POLICIES:
             raise DataError(f"bad-data policy {policy!r} is not one of {POLICIES}")

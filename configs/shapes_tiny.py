@@ -2,7 +2,7 @@
 train on 2 CPU cores in minutes.
 
 `get_config("stage1")` trains the projector on captions (`plain`, towers and LLM frozen);
-`get_config("stage2")` trains on QA (`llava_v1`) with stage "full": projector, LLM *and towers*.
+`get_config("stage2")` trains on QA (`vicuna_v1`, the original's `--version v1`) with stage "full": projector, LLM *and towers*.
 Unlike the paper (pretrained LanguageBind towers, frozen), our towers are random: frozen, they
 left held-out accuracy near chance (26% video direction, 41% image color after 240 steps), so this
 toy config lets stage 2 tune them. Usable with
@@ -35,7 +35,7 @@ def model_config() -> dict:
 STAGES = {
     # stage: (trained parameters, template, steps, peak learning rate)
     "stage1": ("stage1", "plain", 60, 2e-3),
-    "stage2": ("full", "llava_v1", 300, 2e-3),
+    "stage2": ("full", "vicuna_v1", 450, 2e-3),
 }
 
 

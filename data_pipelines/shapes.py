@@ -33,12 +33,12 @@ SHORT_ANSWER = "Answer the question using a single word or phrase."  # as LLaVA'
 class ShapesSpec:
     """How much to write and at what size (pixels; `travel` is how far a clip's shape moves)."""
 
-    train_videos: int = 600
-    train_images: int = 600
+    train_videos: int = 1500
+    train_images: int = 1500
     eval_videos: int = 100
     eval_images: int = 100
     canvas: int = 64
-    size: int = 16
+    size: int = 24
     frames: int = 16
     travel: int = 36
 

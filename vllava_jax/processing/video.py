@@ -82,25 +82,46 @@ def _read_sampled(container, num_frames: int, rotate: bool) -> np.ndarray | None
     indices = sample_indices(total, num_frames)
     wanted = sorted({pts[i] for i in indices})
     keyframes.sort()
+    # Frames well before a target are decoded only to rebuild the references it needs: let the
+    # decoder drop non-reference frames (most B-frames) there, and decode everything near it.
+    step = int(np.median(np.diff(pts))) if len(pts) > 1 else 1
+    near = step * (max(stream.codec_context.has_b_frames, 2) + 4)
     got: dict[int, np.ndarray] = {}
     position = None  # pts of the last decoded frame; None = must seek
+    skip_before = [None]  # read by the decoder at every packet
     for target in wanted:
-        key = keyframes[max(np.searchsorted(keyframes, target, side="right") - 1, 0)] if keyframes else None
-        if position is None or (key is not None and key > position) or target <= position:
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-            decoder = container.decode(stream)
-        for frame in decoder:
-            position = frame.pts
-            if frame.pts is None or frame.pts > target:
+        for skipping in (True, False):  # a target dropped as non-reference is decoded again without skipping
+            skip_before[0] = target - near if skipping else None
+            key = keyframes[max(np.searchsorted(keyframes, target, side="right") - 1, 0)] if keyframes else None
+            if position is None or (key is not None and key > position) or target <= position:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                decoder = _decode_skipping(container, stream, skip_before)
+            for frame in decoder:
+                position = frame.pts
+                if frame.pts is None or frame.pts > target:
+                    break
+                if frame.pts == target:
+                    got[target] = _rgb(frame, rotate)
+                    break
+            else:
+                position = None
+            if target in got:
                 break
-            if frame.pts == target:
-                got[target] = _rgb(frame, rotate)
-                break
-        else:
             position = None
         if target not in got:  # the file lied (truncated, broken index): decode everything instead
+            stream.codec_context.skip_frame = "DEFAULT"
             return _decode_all(container, stream, num_frames, rotate)
     return np.stack([got[pts[i]] for i in indices])
+
+
+def _decode_skipping(container, stream, skip_before: list[int | None]):
+    """Decoded frames of `stream` from the current position; packets before `skip_before[0]` (pts)
+    are decoded with non-reference frames dropped."""
+    context = stream.codec_context
+    for packet in container.demux(stream):
+        far = skip_before[0] is not None and packet.pts is not None and packet.pts < skip_before[0]
+        context.skip_frame = "NONREF" if far else "DEFAULT"
+        yield from packet.decode()
 
 
 def _decode_all(container, stream, num_frames: int, rotate: bool) -> np.ndarray | None:

@@ -24,7 +24,8 @@ from vllava_jax.processing.processor import IMAGE_TOKEN, VIDEO_TOKEN
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m vllava_jax.generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint directory (any format load_pretrained reads)")
     parser.add_argument("--video", action="append", default=[], help="a video file; repeat for several")
     parser.add_argument("--image", action="append", default=[], help="an image file; repeat for several")

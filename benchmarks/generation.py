@@ -36,7 +36,7 @@ def main() -> None:
     for batch in args.batches:
         ids, videos = video_prompt(np.random.default_rng(batch), batch, args.image_size, args.text_tokens)
         t_ids, t_videos = torch.as_tensor(ids), torch.as_tensor(videos)
-        padded, mask, _ = generation.prepare_prompt(ours, ids, None, sampling, 64)
+        padded, mask, _ = generation.prepare_prompt(ours, ids, None, None, videos, sampling, 64)
 
         def ours_prefill():
             out = generation._prefill_jit(ours.graphdef, ours.state, jnp.asarray(padded), jnp.asarray(mask), None,

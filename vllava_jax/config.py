@@ -263,9 +263,20 @@ class DTypePolicy:
     matmul_precision: str = "highest"
 
     @classmethod
-    def from_name(cls, name: str) -> DTypePolicy:
+    def from_names(cls, param: str, compute: str) -> DTypePolicy:
+        """Master weights in `param`, matmuls in `compute` (e.g. float32 / bfloat16 for training)."""
         dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-        if name not in dtypes:
-            raise ConfigError(f"dtype {name!r} is not one of {sorted(dtypes)}")
-        precision = "highest" if name == "float32" else "default"
-        return cls(param_dtype=dtypes[name], compute_dtype=dtypes[name], matmul_precision=precision)
+        for name in (param, compute):
+            if name not in dtypes:
+                raise ConfigError(f"dtype {name!r} is not one of {sorted(dtypes)}")
+        precision = "highest" if compute == "float32" else "default"
+        return cls(param_dtype=dtypes[param], compute_dtype=dtypes[compute], matmul_precision=precision)
+
+    @classmethod
+    def from_name(cls, name: str) -> DTypePolicy:
+        return cls.from_names(name, name)
+
+    @classmethod
+    def resolve(cls, dtype: str | DTypePolicy) -> DTypePolicy:
+        """A policy as given, or the one-dtype policy a name stands for."""
+        return dtype if isinstance(dtype, DTypePolicy) else cls.from_name(dtype)

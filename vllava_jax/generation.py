@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from vllava_jax.errors import InputError
-from vllava_jax.inputs import check_inputs
+from vllava_jax.inputs import check_inputs, optional_array
 from vllava_jax.modeling.llama import KVCache
 from vllava_jax.modeling.video_llava import positions_from_mask
 
@@ -122,8 +122,8 @@ def _decode_jit(graphdef, state, tokens, positions, cache, slot):
 _choose_jit = jax.jit(choose_tokens, static_argnums=2)
 
 
-def prepare_prompt(model, input_ids, attention_mask, sampling: SamplingConfig, pad_to_multiple: int):
-    """Check and left-pad a prompt batch; returns (ids, mask, pad columns added)."""
+def prepare_prompt(model, input_ids, attention_mask, images, videos, sampling: SamplingConfig, pad_to_multiple: int):
+    """Check a prompt batch with its media and left-pad it; returns (ids, mask, pad columns added)."""
     input_ids = np.asarray(input_ids)
     if input_ids.ndim == 1:
         input_ids = input_ids[None]
@@ -140,34 +140,36 @@ def prepare_prompt(model, input_ids, attention_mask, sampling: SamplingConfig, p
                          f"{longest + sampling.max_new_tokens} exceeds the context of {context} positions")
     extra = -input_ids.shape[1] % pad_to_multiple
     ids = np.pad(input_ids, ((0, 0), (extra, 0)), constant_values=sampling.pad_token_id)
-    return ids, np.pad(mask, ((0, 0), (extra, 0))), extra
+    mask = np.pad(mask, ((0, 0), (extra, 0)))
+    check_inputs(model.config, ids, mask, images, videos)
+    return ids, mask, extra
 
 
 def generate(model, input_ids, attention_mask=None, pixel_values_images=None, pixel_values_videos=None, *,
              sampling: SamplingConfig, key: jax.Array | None = None, pad_to_multiple: int = 64) -> np.ndarray:
     """Prompt + new tokens, (batch, length + steps), pad after EOS: what transformers' generate returns."""
-    ids, mask, extra = prepare_prompt(model, input_ids, attention_mask, sampling, pad_to_multiple)
-    check_inputs(model.config, ids, mask, pixel_values_images, pixel_values_videos)
+    ids, mask, extra = prepare_prompt(model, input_ids, attention_mask, pixel_values_images, pixel_values_videos,
+                                 sampling, pad_to_multiple)
     key = jax.random.key(0) if key is None else key
     with jax.default_matmul_precision(model.policy.matmul_precision):
         out, steps = _generate_all(model.graphdef, model.state, jnp.asarray(ids, jnp.int32),
-                                   jnp.asarray(mask, jnp.int32), _maybe(pixel_values_images),
-                                   _maybe(pixel_values_videos), key, sampling)
+                                   jnp.asarray(mask, jnp.int32), optional_array(pixel_values_images),
+                                   optional_array(pixel_values_videos), key, sampling)
     return np.concatenate([ids[:, extra:], np.asarray(out)[:, : int(steps)]], axis=1)
 
 
 def stream(model, input_ids, attention_mask=None, pixel_values_images=None, pixel_values_videos=None, *,
            sampling: SamplingConfig, key: jax.Array | None = None, pad_to_multiple: int = 64) -> Iterator[np.ndarray]:
     """Yield each step's (batch,) tokens as soon as it is chosen; stops when every row hit EOS."""
-    ids, mask, _ = prepare_prompt(model, input_ids, attention_mask, sampling, pad_to_multiple)
-    check_inputs(model.config, ids, mask, pixel_values_images, pixel_values_videos)
+    ids, mask, _ = prepare_prompt(model, input_ids, attention_mask, pixel_values_images, pixel_values_videos,
+                                 sampling, pad_to_multiple)
     key = jax.random.key(0) if key is None else key
     eos = np.asarray(sampling.eos_token_ids)
     done = np.zeros(ids.shape[0], bool)
     with jax.default_matmul_precision(model.policy.matmul_precision):
         logits, cache, positions = _prefill_jit(model.graphdef, model.state, jnp.asarray(ids, jnp.int32),
-                                                jnp.asarray(mask, jnp.int32), _maybe(pixel_values_images),
-                                                _maybe(pixel_values_videos), ids.shape[1] + sampling.max_new_tokens)
+                                                jnp.asarray(mask, jnp.int32), optional_array(pixel_values_images),
+                                                optional_array(pixel_values_videos), ids.shape[1] + sampling.max_new_tokens)
         for step in range(sampling.max_new_tokens):
             key, sub = jax.random.split(key)
             tokens = np.where(done, sampling.pad_token_id, np.asarray(_choose_jit(logits, sub, sampling)))
@@ -178,7 +180,3 @@ def stream(model, input_ids, attention_mask=None, pixel_values_images=None, pixe
             logits, cache = _decode_jit(model.graphdef, model.state, jnp.asarray(tokens, jnp.int32), positions,
                                         cache, ids.shape[1] + step)
             positions = positions + 1
-
-
-def _maybe(array):
-    return None if array is None else jnp.asarray(array)

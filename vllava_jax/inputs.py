@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from vllava_jax.config import VideoLlavaConfig
@@ -58,3 +59,8 @@ def check_inputs(cfg: VideoLlavaConfig, input_ids, attention_mask, images, video
         raise InputError(
             f"input_ids hold {n_video_slots} video placeholder tokens (id {cfg.video_token_index}) but "
             f"pixel_values_videos gives {n_videos} video(s) x {per_video} tokens = {n_videos * per_video}")
+
+
+def optional_array(array, dtype=None):
+    """A device array of an optional input (images, videos, positions), None staying None."""
+    return None if array is None else jnp.asarray(array, dtype)

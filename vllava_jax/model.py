@@ -18,7 +18,7 @@ from flax import nnx
 from vllava_jax import generation
 from vllava_jax.checkpoint import formats, orbax
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
-from vllava_jax.inputs import check_inputs
+from vllava_jax.inputs import check_inputs, optional_array
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 from vllava_jax.sharding import state_shardings
 
@@ -44,7 +44,7 @@ class VideoLlava:
     def random(cls, config: VideoLlavaConfig, dtype: str | DTypePolicy = "float32", seed: int = 0,
                remat: bool = False):
         """A randomly initialized model (tests, demos, training from scratch)."""
-        policy = dtype if isinstance(dtype, DTypePolicy) else DTypePolicy.from_name(dtype)
+        policy = DTypePolicy.resolve(dtype)
         return cls(config, policy, *nnx.split(VideoLlavaModel(config, policy, nnx.Rngs(seed), remat)))
 
     @property
@@ -75,9 +75,9 @@ class VideoLlava:
                 self.state,
                 jnp.asarray(input_ids, jnp.int32),
                 jnp.asarray(attention_mask, jnp.int32),
-                None if pixel_values_images is None else jnp.asarray(pixel_values_images),
-                None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
-                None if position_ids is None else jnp.asarray(position_ids, jnp.int32),
+                optional_array(pixel_values_images),
+                optional_array(pixel_values_videos),
+                optional_array(position_ids, jnp.int32),
             )
         return ModelOutput(logits=logits)
 
@@ -118,7 +118,7 @@ def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", 
     restored straight onto it); without one, on the default device.
     """
     source = formats.open_source(path)
-    policy = dtype if isinstance(dtype, DTypePolicy) else DTypePolicy.from_name(dtype)
+    policy = DTypePolicy.resolve(dtype)
     abstract = nnx.eval_shape(lambda: VideoLlavaModel(source.config, policy, nnx.Rngs(0), remat))
     graphdef, abstract_state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(abstract_state))

@@ -56,10 +56,7 @@ class RunResult:
 
 
 def policy_from_config(config: ml_collections.ConfigDict) -> DTypePolicy:
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    compute = config.get("compute_dtype", "bfloat16")
-    return DTypePolicy(param_dtype=dtypes[config.get("param_dtype", "float32")], compute_dtype=dtypes[compute],
-                       matmul_precision="highest" if compute == "float32" else "default")
+    return DTypePolicy.from_names(config.get("param_dtype", "float32"), config.get("compute_dtype", "bfloat16"))
 
 
 def build_model_config(config: ml_collections.ConfigDict) -> VideoLlavaConfig:
@@ -168,7 +165,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     losses: list[float] = []
     skipped: list[np.ndarray] = []  # the data pipeline's per-batch counts of skipped samples
     logger = Logger(workdir, write=jax.process_index() == 0)
-    flops_per_token = flops.train_flops_per_token(model.config, config.stage)
+    flops_per_token = flops.train_flops_per_token(model.config, config.stage, config.max_length)
     peak = flops.peak_flops(config.get("peak_flops_per_device"))
     start_step = int(state.step)
     end_step = config.total_steps if steps is None else min(config.total_steps, start_step + steps)

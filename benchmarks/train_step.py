@@ -1,0 +1,145 @@
+"""Train step (forward + backward + AdamW update): ours vs transformers + torch.optim.AdamW, same weights.
+
+    python benchmarks/train_step.py [--runs 5] [--batch 4] [--image-size 112] [--text-tokens 128]
+
+Both sides float32 on the CPU, one process, the same random weights (saved by transformers, loaded
+by us) and the same batch: each row one 8-frame video and --text-tokens text tokens, the text after
+the video labelled. The same parameters train on both sides (--stage; towers frozen by default)
+with the same update: global-norm clipping to 1, then AdamW (torch's defaults: foreach, its default
+attention implementation). Ours is the trainer's jitted step (`vllava_jax.train.step.train_step`,
+state donated) at matmul precision "highest". Warm-up (compilation) excluded, `block_until_ready`
+before the clock stops; the rounds interleave ours, the reference and a float32 4096^3 XLA matmul
+(the measured peak that MFU is relative to), and the table reports medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks.common import model_pair, small_config, video_prompt
+from vllava_jax.train import flops, partition
+from vllava_jax.train.optimizer import make_optimizer
+from vllava_jax.train.step import IGNORE, TrainState, train_step
+
+PEAK_SIZE = 4096
+FRAMES = 8
+
+
+def labelled_batch(rng, batch: int, image_size: int, text_tokens: int) -> dict[str, np.ndarray]:
+    """Rows of text, one video, text; the text after the video is the answer (labelled)."""
+    ids, videos = video_prompt(rng, batch, image_size, text_tokens)
+    labels = np.full_like(ids, IGNORE)
+    answer = text_tokens - text_tokens // 2
+    labels[:, -answer:] = ids[:, -answer:]
+    return dict(input_ids=ids, attention_mask=np.ones_like(ids), labels=labels, pixel_values_videos=videos)
+
+
+def jitted_step(module, stage: str):
+    """(step function, graphdef, optimizer, initial state, frozen state) as the trainer builds them."""
+    graphdef, trainable, frozen = partition.split_trainable(module, partition.STAGES[stage])
+    optimizer, _ = make_optimizer(1e-5, 1000)
+    state = TrainState(jnp.int32(0), trainable, jax.jit(optimizer.init)(trainable))
+    step = jax.jit(train_step, static_argnums=(0, 1), donate_argnums=(2,))
+    return step, graphdef, optimizer, state, frozen
+
+
+REFERENCE_GROUPS = {"model.video_tower.": "video_tower", "model.image_tower.": "image_tower",
+                    "model.multi_modal_projector.": "projector", "model.language_model.": "language_model",
+                    "lm_head.": "language_model"}
+
+
+def reference_step(reference, stage: str, batch: dict[str, np.ndarray]):
+    """A closure running one transformers training step on `batch` (the stage's groups trained); returns its loss."""
+    for name, p in reference.named_parameters():
+        group = next(g for prefix, g in REFERENCE_GROUPS.items() if name.startswith(prefix))
+        p.requires_grad_(any(re.search(pattern, group + "/") for pattern in partition.STAGES[stage]))
+    params = [p for p in reference.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    inputs = {k: torch.as_tensor(v) for k, v in batch.items()}
+    reference.train()
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = reference(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def matmul_peak(size: int = PEAK_SIZE):
+    """A closure timing one float32 size^3 XLA matmul at highest precision; returns its FLOP/s."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest"))
+    jax.block_until_ready(matmul(a, a))
+
+    def run() -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, a))
+        return 2 * size ** 3 / (time.perf_counter() - start)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds (median reported)")
+    parser.add_argument("--batch", type=int, default=4, help="rows per step, each one 8-frame video")
+    parser.add_argument("--image-size", type=int, default=112, help="frame size (224 is the real model's)")
+    parser.add_argument("--text-tokens", type=int, default=128, help="text tokens around the video")
+    parser.add_argument("--stage", default="stage2", choices=sorted(partition.STAGES), help="which groups train")
+    args = parser.parse_args()
+
+    reference, ours = model_pair(small_config(args.image_size))
+    batch = labelled_batch(np.random.default_rng(0), args.batch, args.image_size, args.text_tokens)
+    step, graphdef, optimizer, state, frozen = jitted_step(ours.module, args.stage)
+    batches = jax.device_put({k: v[None] for k, v in batch.items()})  # one microbatch, no accumulation
+    ref_step = reference_step(reference, args.stage, batch)
+    peak = matmul_peak()
+
+    def run_ours() -> float:
+        nonlocal state
+        with jax.default_matmul_precision("highest"):
+            state, metrics = step(graphdef, optimizer, state, frozen, batches)
+        return float(jax.block_until_ready(metrics)["loss"])
+
+    losses = {"ours": run_ours(), "reference": ref_step()}  # warm-up; step 0 from the same weights
+    print(f"step-0 loss: ours {losses['ours']:.6f}, transformers {losses['reference']:.6f}, "
+          f"difference {abs(losses['ours'] - losses['reference']):.2e}")
+    times = {"ours": [], "reference": [], "peak": []}
+    for _ in range(args.runs):
+        times["peak"].append(peak())
+        for name, fn in (("ours", run_ours), ("reference", ref_step)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    ours_s, ref_s, peak_flops = (statistics.median(times[k]) for k in ("ours", "reference", "peak"))
+
+    seq_len = batch["input_ids"].shape[1]
+    step_flops = flops.video_train_step_flops(ours.config, args.stage, args.batch, seq_len, FRAMES)
+    print(f"train step ({args.stage}) of batch {args.batch} x {seq_len} tokens (8 frames at {args.image_size}px "
+          f"+ {args.text_tokens} text), float32, CPU, torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} cores, median of {args.runs} interleaved rounds; model FLOPs/step "
+          f"{step_flops / 1e12:.3f} T; measured peak: {PEAK_SIZE}^3 float32 XLA matmul {peak_flops / 1e9:.1f} GFLOP/s")
+    print("| figure | ours | transformers | ours/ref |")
+    print("| --- | --- | --- | --- |")
+    print(f"| step time (s) | {ours_s:.3f} | {ref_s:.3f} | {ours_s / ref_s:.2f} |")
+    print(f"| step-0 loss | {losses['ours']:.5f} | {losses['reference']:.5f} | "
+          f"{losses['ours'] / losses['reference']:.5f} |")
+    print(f"| MFU vs measured matmul peak | {step_flops / ours_s / peak_flops:.1%} | "
+          f"{step_flops / ref_s / peak_flops:.1%} | {ref_s / ours_s:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

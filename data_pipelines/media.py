@@ -2,7 +2,7 @@
 
 Everything is decoded from bytes, so a file on disk and a record in ArrayRecord go through one
 code path. Frame sampling is `vllava_jax.processing.video`'s seeking decoder (identical frames to
-the reference recipe); it only takes paths publicly, so we open the container ourselves.
+the reference recipe).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import av
 import numpy as np
 from etils import epath
 from PIL import Image
@@ -44,12 +43,6 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 def decode_video(data: bytes, num_frames: int, where: str) -> np.ndarray:
     """(num_frames, H, W, 3) uint8, sampled as `vllava_jax.processing.video.read_frames` samples."""
     try:
-        with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise SkipSample("corrupt_media", f"{where}: has no video stream")
-            frames = video_lib._read_sampled(container, num_frames, rotate=True)  # noqa: SLF001
-    except av.error.FFmpegError as e:
-        raise SkipSample("corrupt_media", f"{where}: cannot be decoded ({e})") from None
-    if frames is None:
-        raise SkipSample("corrupt_media", f"{where}: holds no decodable video frames")
-    return frames
+        return video_lib.decode_frames(data, where, num_frames)
+    except video_lib.VideoError as e:
+        raise SkipSample("corrupt_media", str(e)) from None

@@ -81,8 +81,10 @@ def frame_pattern(index: int, height: int, width: int) -> np.ndarray:
 
 
 def write_clip(path, num_frames: int, width: int = 64, height: int = 48, fps: int = 24, codec: str = "libx264",
-               gop: int = 12, bframes: bool = True, vfr: bool = False, audio: bool = False) -> None:
-    """Encode `num_frames` of `frame_pattern` with PyAV; `vfr` gives frames irregular durations."""
+               gop: int = 12, bframes: bool = True, vfr: bool = False, audio: bool = False,
+               display: tuple[int, bool, bool] | None = None) -> None:
+    """Encode `num_frames` of `frame_pattern` with PyAV; `vfr` gives frames irregular durations;
+    `display` = (counterclockwise degrees, hflip, vflip) writes a display matrix, as phones do."""
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
@@ -93,6 +95,8 @@ def write_clip(path, num_frames: int, width: int = 64, height: int = 48, fps: in
             stream.options = {"g": str(gop)}
         if vfr:
             stream.codec_context.time_base = Fraction(1, 1000)
+        if display is not None:
+            stream.set_display_rotation(*display)
         audio_stream = out.add_stream("aac", rate=16000) if audio else None
         t = 0
         for i in range(num_frames):

@@ -2,9 +2,11 @@
 
 Decoding seeks instead of decoding the whole clip: the packets are demuxed once (no decoding) to
 learn every frame's timestamp and where the keyframes are; then for each sampled frame we seek to
-the keyframe before it only when that skips frames, and decode forward to the exact timestamp.
+the keyframe before it only when that skips frames, and decode forward to the exact timestamp,
+letting the decoder drop every non-reference frame (most B-frames) that is not a sampled one.
 The frames are the ones decoding everything and keeping `np.linspace(0, total - 1, n).astype(int)`
 gives (the reference recipe); streams without timestamps fall back to decoding everything.
+Frames are turned upright as ffmpeg's autorotate does (display matrix: rotation and mirroring).
 
 Transforms:
 - "hf": each frame like an image (transformers' `VideoLlavaImageProcessor`/`VideoLlavaVideoProcessor`).
@@ -15,6 +17,7 @@ Transforms:
 
 from __future__ import annotations
 
+import io
 import math
 
 import av
@@ -39,31 +42,75 @@ def sample_indices(total: int, num_frames: int) -> np.ndarray:
     return np.linspace(0, total - 1, num_frames).astype(np.int64)
 
 
+def upright(pixels: np.ndarray, display_matrix: np.ndarray | None) -> np.ndarray:
+    """(H, W, C) pixels as ffmpeg's autorotate shows them, from the stream's 3x3 display matrix
+    (FFmpeg's int32 layout, 16.16 fixed point): quarter turns, with a mirror where the matrix has one.
+
+    Phones store portrait video as landscape frames plus this matrix; without it a model sees the
+    scene on its side. Like ffmpeg we read the angle rounded to whole degrees; an angle that is not
+    a multiple of 90 (ffmpeg interpolates those with its `rotate` filter) is left as decoded.
+    """
+    if display_matrix is None:
+        return pixels
+    m = display_matrix / 65536.0
+    scale_x, scale_y = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale_x == 0 or scale_y == 0:
+        return pixels
+    # av_display_rotation_get's counterclockwise angle, negated and wrapped to [0, 360) as ffmpeg's get_rotation
+    theta = -round(-math.degrees(math.atan2(m[1] / scale_y, m[0] / scale_x)))
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    transpose = lambda x: x.swapaxes(0, 1)  # noqa: E731
+    if abs(theta - 90) < 1:  # ffmpeg: transpose=cclock_flip if m[3] > 0 else transpose=clock
+        out = transpose(pixels) if display_matrix[3] > 0 else transpose(pixels)[:, ::-1]
+    elif abs(theta - 180) < 1:  # hflip if m[0] < 0, vflip if m[4] < 0
+        out = pixels[:, ::-1] if display_matrix[0] < 0 else pixels
+        out = out[::-1] if display_matrix[4] < 0 else out
+    elif abs(theta - 270) < 1:  # transpose=clock_flip if m[3] < 0 else transpose=cclock
+        out = transpose(pixels)[::-1, ::-1] if display_matrix[3] < 0 else transpose(pixels)[::-1]
+    elif abs(theta) < 1:  # vflip if m[4] < 0
+        out = pixels[::-1] if display_matrix[4] < 0 else pixels
+    else:
+        out = pixels
+    return np.ascontiguousarray(out)
+
+
 def _rgb(frame: av.VideoFrame, rotate: bool) -> np.ndarray:
     pixels = frame.to_ndarray(format="rgb24")
-    turns = round(frame.rotation / 90) % 4 if rotate else 0  # display matrix angle, counterclockwise
-    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
+    matrix = frame.side_data.get("DISPLAYMATRIX") if rotate else None
+    return upright(pixels, None if matrix is None else np.frombuffer(bytes(matrix), np.int32))
 
 
 def read_frames(path: epath.PathLike, num_frames: int = 8, rotate: bool = True) -> np.ndarray:
     """(num_frames, H, W, 3) uint8 RGB frames of the file's first video stream, sampled uniformly.
 
-    `rotate` applies the stream's display rotation (phone videos); the reference recipe does not.
+    `rotate` turns frames upright by the stream's display matrix (phone videos), as ffmpeg does by
+    default; the reference recipe does not.
     """
     path = epath.Path(path)
     if not path.exists():
         raise VideoError(f"{path}: no such file")
     if path.is_dir() or path.stat().length == 0:
         raise VideoError(f"{path}: is empty or a directory, not a video file")
+    return _sample_file(str(path), str(path), num_frames, rotate)
+
+
+def decode_frames(data: bytes, name: str, num_frames: int = 8, rotate: bool = True) -> np.ndarray:
+    """`read_frames` on an encoded file held in memory (a dataset record); errors name `name`."""
+    if not data:
+        raise VideoError(f"{name}: is empty, not a video file")
+    return _sample_file(io.BytesIO(data), name, num_frames, rotate)
+
+
+def _sample_file(file, name: str, num_frames: int, rotate: bool) -> np.ndarray:
     try:
-        with av.open(str(path)) as container:
+        with av.open(file) as container:
             if not container.streams.video:
-                raise VideoError(f"{path}: has no video stream")
+                raise VideoError(f"{name}: has no video stream")
             frames = _read_sampled(container, num_frames, rotate)
     except av.error.FFmpegError as e:
-        raise VideoError(f"{path}: cannot be decoded ({e})") from None
+        raise VideoError(f"{name}: cannot be decoded ({e})") from None
     if frames is None:
-        raise VideoError(f"{path}: holds no decodable video frames")
+        raise VideoError(f"{name}: holds no decodable video frames")
     return frames
 
 
@@ -80,48 +127,52 @@ def _read_sampled(container, num_frames: int, rotate: bool) -> np.ndarray | None
         return _decode_all(container, stream, num_frames, rotate)
     total = stream.frames if stream.frames == len(pts) else len(pts)  # a container may lie about its count
     indices = sample_indices(total, num_frames)
-    wanted = sorted({pts[i] for i in indices})
-    keyframes.sort()
-    # Frames well before a target are decoded only to rebuild the references it needs: let the
-    # decoder drop non-reference frames (most B-frames) there, and decode everything near it.
-    step = int(np.median(np.diff(pts))) if len(pts) > 1 else 1
-    near = step * (max(stream.codec_context.has_b_frames, 2) + 4)
+    cursor = _Cursor(container, stream, sorted(keyframes), wanted={pts[i] for i in indices})
     got: dict[int, np.ndarray] = {}
-    position = None  # pts of the last decoded frame; None = must seek
-    skip_before = [None]  # read by the decoder at every packet
-    for target in wanted:
-        for skipping in (True, False):  # a target dropped as non-reference is decoded again without skipping
-            skip_before[0] = target - near if skipping else None
-            key = keyframes[max(np.searchsorted(keyframes, target, side="right") - 1, 0)] if keyframes else None
-            if position is None or (key is not None and key > position) or target <= position:
-                container.seek(target, stream=stream, backward=True, any_frame=False)
-                decoder = _decode_skipping(container, stream, skip_before)
-            for frame in decoder:
-                position = frame.pts
-                if frame.pts is None or frame.pts > target:
-                    break
-                if frame.pts == target:
-                    got[target] = _rgb(frame, rotate)
-                    break
-            else:
-                position = None
-            if target in got:
-                break
-            position = None
-        if target not in got:  # the file lied (truncated, broken index): decode everything instead
+    for target in sorted(cursor.wanted):
+        frame = cursor.find(target)
+        if frame is None:  # dropped as non-reference after all (its packet held other frames): again, no skipping
+            cursor.skip_nonref = False
+            frame = cursor.find(target, restart=True)
+            cursor.skip_nonref = True
+        if frame is None:  # the file lied (truncated, broken index): decode everything instead
             stream.codec_context.skip_frame = "DEFAULT"
             return _decode_all(container, stream, num_frames, rotate)
+        got[target] = _rgb(frame, rotate)
     return np.stack([got[pts[i]] for i in indices])
 
 
-def _decode_skipping(container, stream, skip_before: list[int | None]):
-    """Decoded frames of `stream` from the current position; packets before `skip_before[0]` (pts)
-    are decoded with non-reference frames dropped."""
-    context = stream.codec_context
-    for packet in container.demux(stream):
-        far = skip_before[0] is not None and packet.pts is not None and packet.pts < skip_before[0]
-        context.skip_frame = "NONREF" if far else "DEFAULT"
-        yield from packet.decode()
+class _Cursor:
+    """Decodes forward through the stream, seeking only when a keyframe lies between the last decoded
+    frame and the next target (else decoding on is cheaper). Packets of frames not `wanted` are
+    decoded with non-reference frames dropped: nothing later depends on those."""
+
+    def __init__(self, container, stream, keyframes: list[int], wanted: set[int]):
+        self.container, self.stream, self.keyframes, self.wanted = container, stream, keyframes, wanted
+        self.skip_nonref = True
+        self.position = None  # pts of the last decoded frame; None = must seek
+        self.frames = None
+
+    def find(self, target: int, restart: bool = False) -> av.VideoFrame | None:
+        """The decoded frame with pts `target`, or None if the stream skips past it or ends."""
+        key = self.keyframes[max(np.searchsorted(self.keyframes, target, side="right") - 1, 0)] if self.keyframes else None
+        if restart or self.position is None or (key is not None and key > self.position) or target <= self.position:
+            self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+            self.frames = self._decode()
+        for frame in self.frames:
+            self.position = frame.pts
+            if frame.pts is None or frame.pts > target:
+                return None
+            if frame.pts == target:
+                return frame
+        self.position = None
+        return None
+
+    def _decode(self):
+        context = self.stream.codec_context
+        for packet in self.container.demux(self.stream):
+            context.skip_frame = "NONREF" if self.skip_nonref and packet.pts not in self.wanted else "DEFAULT"
+            yield from packet.decode()
 
 
 def _decode_all(container, stream, num_frames: int, rotate: bool) -> np.ndarray | None:

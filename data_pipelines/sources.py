@@ -2,23 +2,26 @@
 
 Element (what `transforms.ExampleTransform` consumes, from here or from `tfds_builder.TfdsSource`):
 `id` str, `origin` "file entry N" (for messages), `conversations` list of {"from", "value"},
-`media_kind` "image" | "video" | "", `media_path` str (read in the worker) or "", `media_bytes`
-the encoded file (ArrayRecord) or b"".
+`media_kind` "image" | "video" | "", `media_path` str or "", `media_bytes` the encoded file from a
+record (b"" if it was missing at build time) or None (read `media_path` in the worker), `frames`
+(T, H, W, 3) uint8 video frames sampled when the record was built, or None.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from etils import epath
 
 from data_pipelines.annotations import load_annotations, media_of
 
 
-def element(entry: dict[str, Any], origin: str, media_path: str = "", media_bytes: bytes = b"") -> dict[str, Any]:
+def element(entry: dict[str, Any], origin: str, media_path: str = "", media_bytes: bytes | None = None,
+            frames: np.ndarray | None = None) -> dict[str, Any]:
     kind, _ = media_of(entry)
     return {"id": str(entry.get("id", origin)), "origin": origin, "conversations": entry["conversations"],
-            "media_kind": kind, "media_path": media_path, "media_bytes": media_bytes}
+            "media_kind": kind, "media_path": media_path, "media_bytes": media_bytes, "frames": frames}
 
 
 class AnnotationSource:

@@ -18,7 +18,7 @@ from etils import epath
 from data_pipelines.bad_data import POLICIES, DataError, SkipSample, log, skip_counts
 from data_pipelines.conversations import normalize_turns
 from data_pipelines.labels import tokenize_conversation
-from data_pipelines.media import decode_image, decode_video, read_media
+from data_pipelines.media import decode_image, read_media, video_frames
 from data_pipelines.slots import expand_slots, truncate
 from vllava_jax.processing.conversation import get_template
 from vllava_jax.processing.processor import Processor
@@ -61,11 +61,10 @@ class ExampleTransform(grain.transforms.Map):
         videos = np.zeros((0, frames, 3, size, size), np.float32)
         if kind:
             where = element["media_path"] or element["origin"]
-            data = read_media(element)
             if kind == "image":
-                images = proc.preprocess_image(decode_image(data, where))[None]
+                images = proc.preprocess_image(decode_image(read_media(element), where))[None]
             else:
-                videos = proc.preprocess_video(decode_video(data, frames, where))[None]
+                videos = proc.preprocess_video(video_frames(element, frames, where))[None]
         ids, labels = tokenize_conversation(proc.tokenizer, self.template, turns, media)
         slots = {proc.image_token_id: proc.config.image_seq_length,
                  proc.video_token_id: proc.config.video_seq_length(frames)}

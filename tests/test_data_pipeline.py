@@ -20,6 +20,7 @@ from data_pipelines.tfds_builder import TfdsSource, build
 from data_pipelines.transforms import ExampleTransform
 from tests.media import write_clip
 from tests.test_data_labels import data_checkpoint  # noqa: F401  (fixture)
+from vllava_jax.processing import video as video_lib
 from vllava_jax.processing.processor import Processor
 
 KINDS = ("image", "video", "")  # sample n has KINDS[n % 3]
@@ -155,23 +156,31 @@ def test_process_shards_are_disjoint_and_cover_the_data(data, data_checkpoint): 
     assert shards[0] | shards[1] == set(range(N))
 
 
-def test_tfds_array_record_round_trip(data, data_checkpoint, tmp_path):  # noqa: F811
-    build(data / "train.json", data, tmp_path / "tfds")
+@pytest.mark.parametrize("video_frames", [None, 8], ids=["encoded", "presampled"])
+def test_tfds_array_record_round_trip(data, data_checkpoint, tmp_path, video_frames, monkeypatch):  # noqa: F811
+    build(data / "train.json", data, tmp_path / "tfds", video_frames=video_frames)
     assert list((tmp_path / "tfds").rglob("*.array_record*"))
     json_source, tfds_source = AnnotationSource(data / "train.json", data), TfdsSource(tmp_path / "tfds")
     assert len(tfds_source) == len(json_source) == N
     transform = ExampleTransform(data_checkpoint, max_length=160)
     direct = {e["origin"]: transform.map(e) for e in (json_source[i] for i in range(N))}
+    json_batches = list(_dataset(data, data_checkpoint)[0])
+    if video_frames:  # the frames were sampled at build time: reading must not decode
+        monkeypatch.setattr(video_lib, "decode_frames", lambda *a, **k: pytest.fail("decoded a pre-sampled video"))
     stored = {}
     for i in range(N):
         e = tfds_source[i]
         assert e["conversations"] == json_source.entries[int(e["id"][1:])]["conversations"]
+        if video_frames and e["media_kind"] == "video":
+            np.testing.assert_array_equal(e["frames"], video_lib.read_frames(data / e["media_path"], 8))
         stored[e["origin"]] = transform.map(e)
     assert direct.keys() == stored.keys()
     for origin in direct:
         _assert_same([direct[origin]], [stored[origin]])
     ds, proc = _dataset(data, data_checkpoint, sources=[tfds_source])
-    assert sorted(n for batch in ds for row in _samples(batch, proc) for n in row) == list(range(N))
+    tfds_batches = list(ds)
+    assert sorted(n for batch in tfds_batches for row in _samples(batch, proc) for n in row) == list(range(N))
+    _assert_same(tfds_batches, json_batches)  # same order too: same shuffle seed
 
 
 @pytest.fixture(scope="module")

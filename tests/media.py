@@ -82,15 +82,19 @@ def frame_pattern(index: int, height: int, width: int) -> np.ndarray:
 
 def write_clip(path, num_frames: int, width: int = 64, height: int = 48, fps: int = 24, codec: str = "libx264",
                gop: int = 12, bframes: bool = True, vfr: bool = False, audio: bool = False,
-               display: tuple[int, bool, bool] | None = None) -> None:
+               nonref_bframes: bool = False, display: tuple[int, bool, bool] | None = None) -> None:
     """Encode `num_frames` of `frame_pattern` with PyAV; `vfr` gives frames irregular durations;
-    `display` = (counterclockwise degrees, hflip, vflip) writes a display matrix, as phones do."""
+    `nonref_bframes` makes x264 put two non-reference B-frames between references (left to itself, at
+    preset fast on this pattern, it writes no B-frames at all); `display` = (counterclockwise
+    degrees, hflip, vflip) writes a display matrix, as phones do."""
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
         if codec == "libx264":
             stream.options = {"g": str(gop), "bf": "2" if bframes else "0", "preset": "ultrafast" if not bframes else "fast"}
+            if nonref_bframes:
+                stream.options |= {"preset": "ultrafast", "x264-params": "b-adapt=0:b-pyramid=none"}
         elif codec != "gif":
             stream.options = {"g": str(gop)}
         if vfr:

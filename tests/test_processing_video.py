@@ -13,6 +13,7 @@ from vllava_jax.processing.video import VideoError
 CLIPS = {
     "h264_bframes.mp4": dict(num_frames=100, gop=12),
     "h264_long_gop.mp4": dict(num_frames=90, gop=250),
+    "h264_nonref_bframes.mp4": dict(num_frames=100, gop=30, nonref_bframes=True),
     "mpeg4.mp4": dict(num_frames=61, codec="mpeg4", gop=10),
     "vp9.webm": dict(num_frames=50, codec="libvpx-vp9", gop=16),
     "animated.gif": dict(num_frames=20, codec="gif", fps=10),
@@ -100,3 +101,33 @@ def test_truncated_after_header_still_gives_the_decodable_frames(tmp_path):
         assert "cut.mp4" in str(e)
     else:
         assert frames.shape[0] == 8
+
+
+def test_sample_dropped_as_non_reference_is_decoded_again(tmp_path, monkeypatch):
+    """If a sampled B-frame is dropped anyway (its packet held other frames, as packed B-frames do),
+    the decoder goes back and decodes it without dropping; no fallback to decoding everything."""
+    path = tmp_path / "bframes.mp4"
+    media.write_clip(path, num_frames=100, gop=30, nonref_bframes=True)
+    everything = media.read_all_frames(path)
+    want = np.stack([everything[i] for i in np.linspace(0, 99, 8).astype(int)])
+
+    def drop_every_non_reference(self):
+        for packet in self.container.demux(self.stream):
+            self.stream.codec_context.skip_frame = "NONREF" if self.skip_nonref else "DEFAULT"
+            yield from packet.decode()
+
+    retries = []
+    find = video_lib._Cursor.find
+    monkeypatch.setattr(video_lib._Cursor, "_decode", drop_every_non_reference)
+    monkeypatch.setattr(video_lib._Cursor, "find", lambda self, t, restart=False: retries.append(restart) or find(
+        self, t, restart))
+    monkeypatch.setattr(video_lib, "_decode_all", lambda *a: pytest.fail("fell back to decoding everything"))
+    np.testing.assert_array_equal(video_lib.read_frames(path, 8), want)
+    assert any(retries)  # some samples are non-reference B-frames, dropped the first time
+
+
+def test_in_memory_file_errors_name_it():
+    with pytest.raises(VideoError, match="record 7: is empty"):
+        video_lib.decode_frames(b"", "record 7")
+    with pytest.raises(VideoError, match="record 7: cannot be decoded"):
+        video_lib.decode_frames(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "record 7")

@@ -36,16 +36,17 @@ def make_dataset(
     shuffled by `seed` before mixing (which keeps the proportions), and reshuffled every epoch;
     `num_epochs=None` repeats forever. `num_workers` > 0 decodes in that many processes; resuming
     from a saved state needs the same `num_workers` (packing is stateful). In each process
-    `read_threads` threads run the example transform ahead of the packing, two examples each
-    (0: in the calling thread). Grain's default, 16 threads and 500 examples, would hold up to
-    2.4 GB of 8-frame float32 videos per process and oversubscribe cores already given one worker each.
+    `read_threads` threads run the example transform up to one batch (`spec.rows` examples) ahead
+    of the packing, so that it overlaps a training step (0: in the calling thread, nothing ahead).
+    Grain's default, 16 threads and 500 examples, would hold up to 2.4 GB of 8-frame float32 videos
+    per process and oversubscribe cores already given one worker each.
     """
     shard = shard or grain.sharding.ShardByJaxProcess()
     datasets = [grain.MapDataset.source(s)[shard.shard_index::shard.shard_count].shuffle(seed=seed + i)
                 for i, s in enumerate(sources)]
     ds = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
     ds = ds.repeat(num_epochs).map(transform).to_iter_dataset(
-        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=spec.rows if read_threads else 0))
     ds = PackIterDataset(ds, spec, pack)
     if num_workers:
         if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app (pytest, notebooks) none are

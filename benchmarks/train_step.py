@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import model_pair, small_config, video_prompt
+from vllava_jax.modeling.layers import REMAT_POLICIES
 from vllava_jax.train import flops, partition
 from vllava_jax.train.optimizer import make_optimizer
 from vllava_jax.train.step import IGNORE, TrainState, train_step
@@ -99,11 +100,15 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=112, help="frame size (224 is the real model's)")
     parser.add_argument("--text-tokens", type=int, default=128, help="text tokens around the video")
     parser.add_argument("--stage", default="stage2", choices=sorted(partition.STAGES), help="which groups train")
+    parser.add_argument("--remat", default="dots", choices=["none", *REMAT_POLICIES],
+                        help="our layers' rematerialization policy")
     args = parser.parse_args()
 
     reference, ours = model_pair(small_config(args.image_size))
     batch = labelled_batch(np.random.default_rng(0), args.batch, args.image_size, args.text_tokens)
-    step, graphdef, optimizer, state, frozen = jitted_step(ours.module, args.stage)
+    module = ours.module
+    module.set_remat(args.remat)
+    step, graphdef, optimizer, state, frozen = jitted_step(module, args.stage)
     batches = jax.device_put({k: v[None] for k, v in batch.items()})  # one microbatch, no accumulation
     ref_step = reference_step(reference, args.stage, batch)
     peak = matmul_peak()
@@ -128,7 +133,7 @@ def main() -> None:
 
     seq_len = batch["input_ids"].shape[1]
     step_flops = flops.video_train_step_flops(ours.config, args.stage, args.batch, seq_len, FRAMES)
-    print(f"train step ({args.stage}) of batch {args.batch} x {seq_len} tokens (8 frames at {args.image_size}px "
+    print(f"train step ({args.stage}, our remat {args.remat}) of batch {args.batch} x {seq_len} tokens (8 frames at {args.image_size}px "
           f"+ {args.text_tokens} text), float32, CPU, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} cores, median of {args.runs} interleaved rounds; model FLOPs/step "
           f"{step_flops / 1e12:.3f} T; measured peak: {PEAK_SIZE}^3 float32 XLA matmul {peak_flops / 1e9:.1f} GFLOP/s")

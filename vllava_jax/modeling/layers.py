@@ -132,6 +132,23 @@ def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs:
     return make(rngs)
 
 
+# What a rematerialized layer keeps for its backward pass; the rest is recomputed there.
+REMAT_POLICIES = {
+    # matmul outputs without batch dims (the projections): norms, activations and the attention
+    # scores/probabilities (batch x heads x len x len per layer) are recomputed
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,  # only each layer's input
+}
+
+
+def remat_policy(remat: bool | str):
+    """None (keep every residual) for False/"none"; True means "dots"."""
+    name = {True: "dots", False: "none"}.get(remat, remat)
+    if name != "none" and name not in REMAT_POLICIES:
+        raise ValueError(f"remat {remat!r} is not a bool or one of {['none', *REMAT_POLICIES]}")
+    return REMAT_POLICIES.get(name)
+
+
 def scan_layers(
     layers: nnx.Module,
     carry: jax.Array,
@@ -139,12 +156,12 @@ def scan_layers(
     *,
     xs: Any = None,
     length: int | None = None,
-    remat: bool = False,
+    remat: bool | str = False,
 ) -> tuple[jax.Array, Any]:
     """Run the first `length` stacked layers as one compiled body.
 
     `body(layer, carry, x) -> (carry, y)` sees its layer's slice `x` of `xs` (e.g. its KV cache);
-    the `y`s come back stacked along a leading layers axis.
+    the `y`s come back stacked along a leading layers axis. `remat` names a `REMAT_POLICIES` entry.
     """
     graphdef, state = nnx.split(layers)
     if length is not None:
@@ -154,6 +171,7 @@ def scan_layers(
         layer_state, x = inputs
         return body(nnx.merge(graphdef, layer_state), c, x)
 
-    if remat:
-        step = jax.checkpoint(step, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    policy = remat_policy(remat)
+    if policy is not None:
+        step = jax.checkpoint(step, policy=policy)
     return jax.lax.scan(step, carry, (state, xs))

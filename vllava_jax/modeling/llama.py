@@ -86,7 +86,7 @@ class LlamaLayer(nnx.Module):
 
 
 class LlamaDecoder(nnx.Module):
-    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: bool = False):
+    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: bool | str = False):
         self.cfg = cfg
         self.policy = policy
         self.remat = remat

@@ -31,7 +31,7 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
 
 
 class VideoLlavaModel(nnx.Module):
-    def __init__(self, cfg: VideoLlavaConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: bool = False):
+    def __init__(self, cfg: VideoLlavaConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: bool | str = False):
         self.cfg = cfg
         self.image_tower = VisionTower(cfg.vision_config, policy, rngs, remat)
         self.video_tower = VisionTower(cfg.video_tower_config, policy, rngs, remat)
@@ -39,6 +39,10 @@ class VideoLlavaModel(nnx.Module):
         self.projector = Projector(feature_dim, cfg.text_config.hidden_size, cfg.projector_hidden_act,
                                    cfg.multimodal_projector_bias, policy, rngs)
         self.language_model = LlamaDecoder(cfg.text_config, policy, rngs, remat)
+
+    def set_remat(self, remat: bool | str) -> None:
+        """Switch every tower's and the decoder's rematerialization policy (a `layers.REMAT_POLICIES` name)."""
+        self.image_tower.remat = self.video_tower.remat = self.language_model.remat = remat
 
     def image_features(self, pixel_values: jax.Array) -> jax.Array:
         """(N, 3, H, W) -> (N * tokens_per_image, embed) projected features."""

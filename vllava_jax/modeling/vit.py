@@ -83,7 +83,7 @@ class VisionTower(nnx.Module):
     state, to which it is never applied.
     """
 
-    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: bool = False):
+    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: bool | str = False):
         self.cfg = cfg
         self.policy = policy
         self.remat = remat

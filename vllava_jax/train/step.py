@@ -26,17 +26,20 @@ def answer_loss(graphdef, params, frozen, batch) -> tuple[jax.Array, jax.Array]:
     """(summed next-token NLL over labelled tokens, number of labelled tokens) for one microbatch.
 
     `labels[t]` is the target of the token at t (IGNORE where nothing is learned); logits at t
-    predict t + 1, as transformers shifts them.
+    predict t + 1, as transformers shifts them. The labels shift, not the (batch, len, vocab)
+    logits, and the NLL is logsumexp minus the target's logit: no sliced or log-softmaxed copy of
+    the logits (nor of their gradient) is materialized.
     """
     model = nnx.merge(graphdef, params, frozen)
     logits = model(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values_images"),
                    batch.get("pixel_values_videos"), batch.get("positions"), batch.get("segment_ids"))
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = batch["labels"][:, 1:]
+    logits = logits.astype(jnp.float32)
+    labels = batch["labels"]
+    targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
     labelled = targets != IGNORE
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(labelled, targets, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll * labelled), jnp.sum(labelled)
+    target_logit = jnp.take_along_axis(logits, jnp.where(labelled, targets, 0)[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    return jnp.sum(jnp.where(labelled, nll, 0.0)), jnp.sum(labelled)
 
 
 def train_step(graphdef, optimizer: optax.GradientTransformation, state: TrainState, frozen, batches,
@@ -57,8 +60,12 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, state: TrainSt
         (loss, n), g = grad_fn(graphdef, state.params, frozen, batch)
         return (pin(jax.tree.map(jnp.add, grads, pin(g))), loss_sum + loss, count + n), None
 
-    zeros = pin(jax.tree.map(jnp.zeros_like, state.params))
-    (grads, loss_sum, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0), batches)
+    if jax.tree.leaves(batches)[0].shape[0] == 1:  # no accumulation: no loop, no zero-filled sums
+        (loss_sum, count), grads = grad_fn(graphdef, state.params, frozen, jax.tree.map(lambda x: x[0], batches))
+        grads = pin(grads)
+    else:
+        zeros = pin(jax.tree.map(jnp.zeros_like, state.params))
+        (grads, loss_sum, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0), batches)
     denominator = jnp.maximum(count, 1).astype(jnp.float32)
     grads = jax.tree.map(lambda g: g / denominator, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

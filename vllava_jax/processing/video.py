@@ -56,8 +56,8 @@ def upright(pixels: np.ndarray, display_matrix: np.ndarray | None) -> np.ndarray
     scale_x, scale_y = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
     if scale_x == 0 or scale_y == 0:
         return pixels
-    # av_display_rotation_get's counterclockwise angle, negated and wrapped to [0, 360) as ffmpeg's get_rotation
-    theta = -round(-math.degrees(math.atan2(m[1] / scale_y, m[0] / scale_x)))
+    # clockwise degrees (minus av_display_rotation_get), rounded and wrapped to [0, 360) as ffmpeg's get_rotation
+    theta = round(math.degrees(math.atan2(m[1] / scale_y, m[0] / scale_x)))
     theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
     transpose = lambda x: x.swapaxes(0, 1)  # noqa: E731
     if abs(theta - 90) < 1:  # ffmpeg: transpose=cclock_flip if m[3] > 0 else transpose=clock

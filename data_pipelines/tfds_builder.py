@@ -22,8 +22,11 @@ file (or each piece of a big one, in parallel processes) into its own dir and mi
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import shutil
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -54,11 +57,13 @@ def dataset_dir(data_dir: epath.PathLike) -> epath.Path:
 
 
 def build(annotation_file: epath.PathLike, media_root: epath.PathLike, data_dir: epath.PathLike, *,
-          video_frames: int | None = None, examples_per_shard: int = 1000, overwrite: bool = False) -> epath.Path:
+          video_frames: int | None = None, examples_per_shard: int = 1000, overwrite: bool = False,
+          workers: int = 0) -> epath.Path:
     """Writes the dataset of `annotation_file` (media relative to `media_root`) under `data_dir`; returns its dir.
 
     `video_frames=N` stores each video's N sampled frames instead of the encoded file (N must be the
-    processor's `num_frames`; reading checks it). An existing dataset is kept unless `overwrite`.
+    processor's `num_frames`; reading checks it). `workers` > 0 reads and samples the media in that
+    many processes (the records are the same). An existing dataset is kept unless `overwrite`.
     """
     target = dataset_dir(data_dir)
     if target.exists() and not overwrite:
@@ -77,9 +82,11 @@ def build(annotation_file: epath.PathLike, media_root: epath.PathLike, data_dir:
                                                 file_format="array_record")
     writer.initialize_splits(["train"])
     chunk, size = [], 0
-    for index, entry in enumerate(entries):
-        chunk.append(_record(entry, f"{annotation_file} entry {index}", epath.Path(media_root), video_frames))
-        size += len(chunk[-1]["media"]) + len(chunk[-1]["frames"])
+    jobs = ((entry, f"{annotation_file} entry {index}", epath.Path(media_root), video_frames)
+            for index, entry in enumerate(entries))
+    for record in _in_order(_record, jobs, workers):
+        chunk.append(record)
+        size += len(record["media"]) + len(record["frames"])
         if size >= _CHUNK_BYTES:
             writer.add_examples({"train": chunk})
             chunk, size = [], 0
@@ -90,6 +97,21 @@ def build(annotation_file: epath.PathLike, media_root: epath.PathLike, data_dir:
         shutil.rmtree(target)
     partial.rename(target)
     return target
+
+
+def _in_order(fn, jobs: Iterable[tuple], workers: int) -> Iterator:
+    """`fn(*job)` for each job, in order, run by `workers` processes (0: here) at most 2 per worker ahead."""
+    if not workers:
+        yield from (fn(*job) for job in jobs)
+        return
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        pending = collections.deque()
+        for job in jobs:
+            pending.append(pool.submit(fn, *job))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _record(entry: dict[str, Any], origin: str, media_root: epath.Path, video_frames: int | None) -> dict[str, Any]:

@@ -53,6 +53,17 @@ def test_presampled_build_skips_bad_media_as_the_json_source_does(videos, data_c
     assert [int(np.flatnonzero(x["skipped"])[0]) if "skipped" in x else None for x in stored] == [None, None, 0, 1]
 
 
+def test_workers_write_the_same_records(videos, tmp_path):
+    build(videos / "train.json", videos, tmp_path / "here", video_frames=8)
+    build(videos / "train.json", videos, tmp_path / "pool", video_frames=8, workers=2)
+    here, pool = TfdsSource(tmp_path / "here").records, TfdsSource(tmp_path / "pool").records
+    assert len(here) == len(pool) == 4
+    for i in range(4):
+        assert here[i].keys() == pool[i].keys()
+        for key in here[i]:
+            np.testing.assert_array_equal(here[i][key], pool[i][key])
+
+
 def test_frame_count_must_match_the_processor(videos, data_checkpoint, tmp_path):  # noqa: F811
     build(videos / "train.json", videos, tmp_path, video_frames=4)
     with pytest.raises(DataError, match=r"train.json entry 0: the dataset holds 4 frames .* takes 8: rebuild it "

@@ -89,7 +89,8 @@ def main() -> None:
     rows, sizes = [], {}
     for kind, entries in write_media(root).items():
         (root / f"{kind}.json").write_text(json.dumps(entries))
-        for storage, frames in (("encoded", None), ("pre-sampled frames", 8)) if kind == "video" else (("encoded", None),):
+        modes = (("encoded", None), ("pre-sampled frames", 8)) if kind == "video" else (("encoded", None),)
+        for storage, frames in modes:
             data_dir = root / f"tfds_{kind}_{frames or 'encoded'}"
             path = build(root / f"{kind}.json", root, data_dir, video_frames=frames, overwrite=True)
             sizes[kind, storage] = sum(f.stat().length for f in path.glob("*.array_record-*")) / len(entries)
@@ -103,7 +104,8 @@ def main() -> None:
     for kind, storage, workers, rate, per in rows:
         margin = f"{per / TARGET:.2f}x" if kind == "video" else "-"
         clock = "0 (in-process, per CPU second)" if workers == 0 else str(workers)
-        print(f"| {kind} | {storage} ({sizes[kind, storage] / 1e6:.2f}) | {clock} | {rate:.2f} | {per:.2f} | {margin} |")
+        size = sizes[kind, storage] / 1e6
+        print(f"| {kind} | {storage} ({size:.2f}) | {clock} | {rate:.2f} | {per:.2f} | {margin} |")
     for storage in ("encoded", "pre-sampled frames"):
         per_core = next(per for kind, st, workers, _, per in rows if kind == "video" and st == storage and not workers)
         print(f"video, {storage}: {per_core:.2f} samples per CPU second ({per_core / TARGET:.2f}x the 4/s per core "

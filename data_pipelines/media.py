@@ -1,8 +1,9 @@
 """Encoded media bytes -> uint8 pixels, with failures turned into counted skips.
 
 Everything is decoded from bytes, so a file on disk and a record in ArrayRecord go through one
-code path; videos whose frames were sampled when the record was built are not decoded again. Frame sampling is `vllava_jax.processing.video`'s seeking decoder (identical frames to
-the reference recipe).
+code path; videos whose frames were sampled when the record was built are not decoded again.
+Frame sampling is `vllava_jax.processing.video`'s seeking decoder (identical frames to the
+reference recipe).
 """
 
 from __future__ import annotations

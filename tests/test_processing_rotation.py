@@ -1,4 +1,4 @@
-"""Rotated and mirrored streams (display matrix, as phones write) come out upright, as ffmpeg's autorotate shows them."""
+"""Rotated and mirrored streams (display matrix, as phones write) come out as ffmpeg's autorotate shows them."""
 
 from __future__ import annotations
 

@@ -155,7 +155,8 @@ class _Cursor:
 
     def find(self, target: int, restart: bool = False) -> av.VideoFrame | None:
         """The decoded frame with pts `target`, or None if the stream skips past it or ends."""
-        key = self.keyframes[max(np.searchsorted(self.keyframes, target, side="right") - 1, 0)] if self.keyframes else None
+        before = np.searchsorted(self.keyframes, target, side="right") - 1
+        key = self.keyframes[max(before, 0)] if self.keyframes else None
         if restart or self.position is None or (key is not None and key > self.position) or target <= self.position:
             self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
             self.frames = self._decode()

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core import sequential_writer
+from tqdm import tqdm
 
 from data_pipelines.annotations import load_annotations, media_of
 from data_pipelines.bad_data import DataError, SkipSample, log
@@ -84,7 +85,8 @@ def build(annotation_file: epath.PathLike, media_root: epath.PathLike, data_dir:
     chunk, size = [], 0
     jobs = ((entry, f"{annotation_file} entry {index}", epath.Path(media_root), video_frames)
             for index, entry in enumerate(entries))
-    for record in _in_order(_record, jobs, workers):
+    records = _in_order(_record, jobs, workers)
+    for record in tqdm(records, total=len(entries), desc=f"building {target}", unit="sample", disable=None):
         chunk.append(record)
         size += len(record["media"]) + len(record["frames"])
         if size >= _CHUNK_BYTES:

@@ -13,8 +13,10 @@ def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig)
     """An iterator of fixed-shape batches (data_pipelines.batching's contract) with get/set_state.
 
     `data.kind`: "annotations" reads `data.annotations` (LLaVA-format JSON/JSONL files, media under
-    the matching `data.media_roots`, mixed by `data.weights`), tokenized with the checkpoint's
-    tokenizer (`data.tokenizer`, default `init_checkpoint`); "synthetic" makes random batches.
+    the matching `data.media_roots`) and `data.tfds_dirs` (ArrayRecord datasets written by
+    `python -m data_pipelines.build_tfds`), all mixed by `data.weights` (annotation files first),
+    tokenized with the checkpoint's tokenizer (`data.tokenizer`, default `init_checkpoint`);
+    "synthetic" makes random batches.
     """
     data = config.data
     if data.kind == "synthetic":
@@ -28,6 +30,7 @@ def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig)
     from data_pipelines.batching import BatchSpec
     from data_pipelines.pipeline import make_dataset
     from data_pipelines.sources import AnnotationSource
+    from data_pipelines.tfds_builder import TfdsSource
     from data_pipelines.transforms import ExampleTransform
     from vllava_jax.processing.processor import Processor
 
@@ -38,6 +41,12 @@ def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig)
         raise ConfigError(f"data.annotations ({len(data.annotations)}) and data.media_roots "
                           f"({len(data.media_roots)}) must pair up")
     sources = [AnnotationSource(a, m) for a, m in zip(data.annotations, data.media_roots)]
+    sources += [TfdsSource(d) for d in data.get("tfds_dirs", [])]
+    if not sources:
+        raise ConfigError("data.kind='annotations' reads nothing: set data.annotations or data.tfds_dirs")
+    if data.weights and len(data.weights) != len(sources):
+        raise ConfigError(f"data.weights has {len(data.weights)} entries for {len(sources)} sources "
+                          "(data.annotations, then data.tfds_dirs)")
     spec = BatchSpec.for_processor(Processor.from_pretrained(tokenizer_dir), config.batch_size, config.max_length)
     transform = ExampleTransform(tokenizer_dir, template=data.template, max_length=config.max_length)
     dataset = make_dataset(sources, transform, spec, weights=list(data.weights) or None, seed=config.seed,

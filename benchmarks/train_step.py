@@ -9,7 +9,9 @@ with the same update: global-norm clipping to 1, then AdamW (torch's defaults: f
 attention implementation). Ours is the trainer's jitted step (`vllava_jax.train.step.train_step`,
 state donated) at matmul precision "highest". Warm-up (compilation) excluded, `block_until_ready`
 before the clock stops; the rounds interleave ours, the reference and a float32 4096^3 XLA matmul
-(the measured peak that MFU is relative to), and the table reports medians.
+(the measured peak that MFU is relative to), and the table reports medians. Model FLOPs
+(`flops.video_train_step_flops`) count the LM head over the labelled tokens only, the logits the
+loss needs: our step computes just those, transformers computes every position's.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ def main() -> None:
     ours_s, ref_s, peak_flops = (statistics.median(times[k]) for k in ("ours", "reference", "peak"))
 
     seq_len = batch["input_ids"].shape[1]
-    step_flops = flops.video_train_step_flops(ours.config, args.stage, args.batch, seq_len, FRAMES)
+    labelled = int(np.sum(batch["labels"][:, 1:] != IGNORE))  # the LM head work the loss needs
+    step_flops = flops.video_train_step_flops(ours.config, args.stage, args.batch, seq_len, FRAMES, labelled)
     print(f"train step ({args.stage}, our remat {args.remat}) of batch {args.batch} x {seq_len} tokens (8 frames at {args.image_size}px "
           f"+ {args.text_tokens} text), float32, CPU, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} cores, median of {args.runs} interleaved rounds; model FLOPs/step "

@@ -29,6 +29,19 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], dtyp
     return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
+def matmul_2d(x: jax.Array, kernel: jax.Array, in_ndim: int = 1) -> jax.Array:
+    """x's last `in_ndim` dims contracted with kernel's first, as one (rows, in) @ (in, out) matmul.
+
+    Leading dims folded into one row dim and feature dims into one contracting dim (free
+    reshapes): the weight gradient then contracts a single dim, which XLA's CPU dot takes as is;
+    with (batch, len) left apart it first writes transposed copies of the activations and of the
+    output gradient.
+    """
+    lead, features, out = x.shape[: x.ndim - in_ndim], x.shape[x.ndim - in_ndim:], kernel.shape[in_ndim:]
+    y = x.reshape(-1, math.prod(features)) @ kernel.reshape(math.prod(features), -1)
+    return y.reshape(*lead, *out)
+
+
 class Dense(nnx.Module):
     """y = x @ kernel + bias, where kernel's input and output dims may each be split (e.g. into heads)."""
 
@@ -50,11 +63,8 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.policy.compute_dtype
-        n = self.in_ndim
         kernel = self.kernel[...].astype(dtype)
-        y = jax.lax.dot_general(
-            x.astype(dtype), kernel, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
-        )
+        y = matmul_2d(x.astype(dtype), kernel, self.in_ndim)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
@@ -119,6 +129,22 @@ def attention(
     output is in q's dtype.
     """
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(q.dtype)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block: int = 256) -> jax.Array:
+    """Causal `attention` in blocks of queries, each against only the keys up to its last query.
+
+    The keys past a block are masked anyway; skipping them saves about a third of the score,
+    softmax and value work (as flash kernels do), with plain XLA ops and a boolean mask per block.
+    """
+    length = q.shape[1]
+    out = []
+    for start in range(0, length, block):
+        end = min(start + block, length)
+        rows = mask if mask.shape[2] == 1 else mask[:, :, start:end]
+        causal = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]
+        out.append(attention(q[:, start:end], k[:, :end], v[:, :end], mask=rows[..., :end] & causal))
+    return jnp.concatenate(out, axis=1)
 
 
 def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs) -> nnx.Module:

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vllava_jax.config import DTypePolicy, TextConfig
-from vllava_jax.modeling.layers import Dense, RMSNorm, attention, param, scan_layers, stacked
+from vllava_jax.modeling.layers import (Dense, RMSNorm, attention, causal_attention, matmul_2d, param, scan_layers,
+                                        stacked)
 from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_tables
 from vllava_jax.sharding import constrain
 
@@ -53,7 +54,7 @@ class LlamaAttention(nnx.Module):
         k = apply_rotary(self.k(x), cos, sin)
         v = self.v(x)
         if cache is None:
-            return self.o(attention(q, k, v, is_causal=True, mask=mask)), None
+            return self.o(causal_attention(q, k, v, mask)), None
         keys, values = (jax.lax.dynamic_update_slice(c, new.astype(c.dtype)[None], (layer, 0, slot, 0, 0))
                         for c, new in zip(cache, (k, v)))
         out = attention(q, keys[layer], values[layer], mask=mask)
@@ -105,7 +106,7 @@ class LlamaDecoder(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         h = self.norm(hidden)
         head = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-        return h @ head.astype(h.dtype)
+        return matmul_2d(h, head.astype(h.dtype))
 
     def _rotary(self, positions: jax.Array):
         cfg = self.cfg
@@ -119,7 +120,17 @@ class LlamaDecoder(nnx.Module):
         attention_mask: jax.Array,
         segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """(batch, len, embed) inputs -> (batch, len, vocab) logits; causal, padding keys masked.
+        """(batch, len, embed) inputs -> (batch, len, vocab) logits."""
+        return self.logits(self.hidden_states(inputs_embeds, positions, attention_mask, segment_ids))
+
+    def hidden_states(
+        self,
+        inputs_embeds: jax.Array,
+        positions: jax.Array,
+        attention_mask: jax.Array,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """(batch, len, embed) inputs -> the last layer's output, before the final norm; causal, padding keys masked.
 
         With `segment_ids` (batch, len; 0 = padding), several packed samples share a row and a
         token attends only within its own segment; `positions` then restart per segment.
@@ -136,7 +147,7 @@ class LlamaDecoder(nnx.Module):
 
         h = constrain(inputs_embeds.astype(self.policy.compute_dtype), ACTIVATION)
         h, _ = scan_layers(self.layers, h, body, remat=self.remat)
-        return self.logits(h)
+        return h
 
     def cached(
         self, inputs_embeds: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache, slot: jax.Array

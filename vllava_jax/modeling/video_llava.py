@@ -87,7 +87,20 @@ class VideoLlavaModel(nnx.Module):
         segment_ids: jax.Array | None = None,
     ) -> jax.Array:
         """Logits (batch, len, vocab). Packed rows pass `segment_ids` and per-segment `position_ids`."""
+        return self.language_model.logits(self.final_hidden(input_ids, attention_mask, pixel_values_images,
+                                                             pixel_values_videos, position_ids, segment_ids))
+
+    def final_hidden(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        pixel_values_images: jax.Array | None = None,
+        pixel_values_videos: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """The decoder's last hidden states (batch, len, embed), for a loss that needs logits at a few positions."""
         embeds = self.embed_inputs(input_ids, pixel_values_images, pixel_values_videos)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
-        return self.language_model(embeds, position_ids, attention_mask, segment_ids)
+        return self.language_model.hidden_states(embeds, position_ids, attention_mask, segment_ids)

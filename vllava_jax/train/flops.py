@@ -44,21 +44,26 @@ def tower_flops(vision: VisionConfig, frames: int, layers: int) -> float:
     return frames * (n * layers * per_token + vision.num_patches * patch)
 
 
-def video_train_step_flops(config: VideoLlavaConfig, stage: str, rows: int, seq_len: int, frames: int) -> float:
+def video_train_step_flops(config: VideoLlavaConfig, stage: str, rows: int, seq_len: int, frames: int,
+                           head_tokens: int | None = None) -> float:
     """Model FLOPs of one train step over `rows` rows of `seq_len` tokens, each with one `frames`-frame video.
 
-    Everything that must run is counted: the decoder over every token (not only the labelled ones),
+    Everything that must run is counted: the decoder's layers over every token, its LM head over
+    `head_tokens` (the labelled ones, whose logits the loss needs; default every token),
     the projector (forward + weight gradients; input gradients too when the towers train), and the
     video tower's forward up to the deepest feature layer (3x, with its backward, when they train).
     """
     vision = config.video_tower_config
     depth = max(i % (vision.num_hidden_layers + 1) for i in config.feature_layers)
     feature_dim = vision.hidden_size * len(config.feature_layers)
-    hidden = config.text_config.hidden_size
+    t = config.text_config
+    hidden = t.hidden_size
     towers_train = stage == "full"
     projector = (6 if towers_train else 4) * (feature_dim * hidden + hidden * hidden) * frames * vision.num_positions
     tower = tower_flops(vision, frames, depth) * (3 if towers_train else 1)
-    return rows * (seq_len * train_flops_per_token(config, stage, seq_len) + projector + tower)
+    unneeded_logits = 0 if head_tokens is None else rows * seq_len - head_tokens
+    head = (4 if stage == "stage1" else 6) * hidden * t.vocab_size * unneeded_logits
+    return rows * (seq_len * train_flops_per_token(config, stage, seq_len) + projector + tower) - head
 
 
 def peak_flops(override: float | None = None) -> float | None:

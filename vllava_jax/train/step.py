@@ -22,24 +22,53 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
+# Logits are computed for at most this fraction of each row's positions when every row's labelled
+# tokens fit (Video-LLaVA rows are mostly visual tokens, never labelled); otherwise for all of them.
+HEAD_FRACTION = 4
+
+
+def labelled_head_rows(length: int) -> int:
+    """How many positions per row get logits on the fast path of `answer_loss`."""
+    return -(-length // HEAD_FRACTION)
+
+
+def summed_nll(lm, hidden: jax.Array, targets: jax.Array, keep: jax.Array) -> jax.Array:
+    """Sum over `keep` of -log p(target): logsumexp minus the target's logit, no log-softmaxed copy."""
+    logits = lm.logits(hidden).astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(keep, jax.nn.logsumexp(logits, axis=-1) - target_logit, 0.0))
+
+
 def answer_loss(graphdef, params, frozen, batch) -> tuple[jax.Array, jax.Array]:
     """(summed next-token NLL over labelled tokens, number of labelled tokens) for one microbatch.
 
     `labels[t]` is the target of the token at t (IGNORE where nothing is learned); logits at t
-    predict t + 1, as transformers shifts them. The labels shift, not the (batch, len, vocab)
-    logits, and the NLL is logsumexp minus the target's logit: no sliced or log-softmaxed copy of
-    the logits (nor of their gradient) is materialized.
+    predict t + 1, as transformers shifts them (the labels shift, not the logits). The LM head runs
+    only on each row's first `labelled_head_rows(len)` labelled positions when no row has more;
+    otherwise (a `cond`, same result) on every position.
     """
     model = nnx.merge(graphdef, params, frozen)
-    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values_images"),
-                   batch.get("pixel_values_videos"), batch.get("positions"), batch.get("segment_ids"))
-    logits = logits.astype(jnp.float32)
+    hidden = model.final_hidden(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values_images"),
+                                batch.get("pixel_values_videos"), batch.get("positions"), batch.get("segment_ids"))
     labels = batch["labels"]
     targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
     labelled = targets != IGNORE
-    target_logit = jnp.take_along_axis(logits, jnp.where(labelled, targets, 0)[..., None], axis=-1)[..., 0]
-    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
-    return jnp.sum(jnp.where(labelled, nll, 0.0)), jnp.sum(labelled)
+    targets = jnp.where(labelled, targets, 0)
+    per_row = jnp.sum(labelled, axis=1)
+    rows = labelled_head_rows(labels.shape[1])
+
+    def labelled_only():
+        index = jax.vmap(lambda m: jnp.nonzero(m, size=rows, fill_value=0)[0])(labelled)
+        keep = jnp.arange(rows)[None, :] < per_row[:, None]
+        picked = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        return summed_nll(model.language_model, picked, jnp.take_along_axis(targets, index, axis=1), keep)
+
+    def every_position():
+        return summed_nll(model.language_model, hidden, targets, labelled)
+
+    if rows >= labels.shape[1]:
+        return every_position(), jnp.sum(per_row)
+    return jax.lax.cond(jnp.all(per_row <= rows), labelled_only, every_position), jnp.sum(per_row)
 
 
 def train_step(graphdef, optimizer: optax.GradientTransformation, state: TrainState, frozen, batches,

@@ -136,8 +136,8 @@ def main() -> None:
     seq_len = batch["input_ids"].shape[1]
     labelled = int(np.sum(batch["labels"][:, 1:] != IGNORE))  # the LM head work the loss needs
     step_flops = flops.video_train_step_flops(ours.config, args.stage, args.batch, seq_len, FRAMES, labelled)
-    print(f"train step ({args.stage}, our remat {args.remat}) of batch {args.batch} x {seq_len} tokens (8 frames at {args.image_size}px "
-          f"+ {args.text_tokens} text), float32, CPU, torch threads {torch.get_num_threads()}, "
+    print(f"train step ({args.stage}, our remat {args.remat}) of batch {args.batch} x {seq_len} tokens (8 frames at "
+          f"{args.image_size}px + {args.text_tokens} text), float32, CPU, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} cores, median of {args.runs} interleaved rounds; model FLOPs/step "
           f"{step_flops / 1e12:.3f} T; measured peak: {PEAK_SIZE}^3 float32 XLA matmul {peak_flops / 1e9:.1f} GFLOP/s")
     print("| figure | ours | transformers | ours/ref |")

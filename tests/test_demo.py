@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from configs import shapes_tiny
-from data_pipelines.shapes import ShapesSpec, generate
+from data_pipelines.shapes import ShapesSpec, color_question as shape_color_question, generate
+from data_pipelines.shapes_media import BACKGROUND, COLORS
 from data_pipelines.shapes_tokenizer import write_tokenizer
 from vllava_jax.processing.processor import Processor
 
@@ -51,6 +52,32 @@ def test_tokenizer_files_load_with_the_placeholders(tmp_path):
     encoded = proc.tokenizer.encode("<video>\nWhich direction does the red circle move?")
     assert encoded[:2] == [1, ids["<video>"]] and len(encoded) < 16
     assert proc.decode(encoded, skip_special_tokens=True) == "\nWhich direction does the red circle move?"
+
+
+def test_image_qa_binds_color_to_shape_and_eval_images_hold_two_colors(tmp_path):
+    data = generate(tmp_path, seed=1, spec=SMALL)
+    for entry, caption in zip(json.loads(data.stage2[1].read_text()), json.loads(data.stage1[1].read_text())):
+        left, right = caption["conversations"][1]["value"][2:-len(" on the right.")].split(" on the left and a ")
+        (left_color, left_shape), (right_color, right_shape) = left.split(), right.split()
+        (color_q, color_a, shape_q, shape_a) = [t["value"] for t in entry["conversations"]]
+        colors = {shape_color_question(left_shape): left_color, shape_color_question(right_shape): right_color}
+        assert colors[color_q.removeprefix("<image>\n")] == color_a
+        shapes = {"What shape is on the left?": left_shape, "What shape is on the right?": right_shape}
+        assert shapes[shape_q] == shape_a
+    truth = json.loads((data.image_eval / "annotations.json").read_text())
+    half = SMALL.canvas // 2
+    for line in (data.image_eval / "questions.jsonl").read_text().splitlines():
+        question = json.loads(line)
+        with Image.open(data.image_eval / "images" / question["image"]) as image:
+            pixels = image.convert("RGB")
+        # one shape per half (a shape may touch the middle columns), two different colors: the
+        # asked shape's color is one of two present ones
+        left = {pixels.getpixel((x, y)) for x in range(half - 1) for y in range(SMALL.canvas)} - {BACKGROUND}
+        right = {pixels.getpixel((x, y)) for x in range(half + 1, SMALL.canvas) for y in range(SMALL.canvas)}
+        right -= {BACKGROUND}
+        assert len(left) == len(right) == 1 and left != right
+        present = {c for c, rgb in COLORS.items() if rgb in left | right}
+        assert len(present) == 2 and truth[question["question_id"]]["answer"] in present
 
 
 @pytest.mark.slow

@@ -1,11 +1,12 @@
-"""The train step's performance choices keep its numbers: LM head on labelled positions only, block attention."""
+"""The train step's performance choices keep its numbers (LM head on labelled positions only, block
+attention) and its attention masks boolean."""
 
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
-import jax.extend
 import pytest
 from flax import nnx
 

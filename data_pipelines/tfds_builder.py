@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import multiprocessing
 import shutil
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -106,7 +107,8 @@ def _in_order(fn, jobs: Iterable[tuple], workers: int) -> Iterator:
     if not workers:
         yield from (fn(*job) for job in jobs)
         return
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    # spawned, not forked: forking a process that runs JAX or Grain threads can deadlock
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = collections.deque()
         for job in jobs:
             pending.append(pool.submit(fn, *job))

@@ -166,6 +166,8 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     skipped: list[np.ndarray] = []  # the data pipeline's per-batch counts of skipped samples
     logger = Logger(workdir, write=jax.process_index() == 0)
     flops_per_token = flops.train_flops_per_token(model.config, config.stage, config.max_length)
+    # every position of every row runs through the decoder, labelled or not
+    tokens = config.accum_steps * config.batch_size * jax.process_count() * config.max_length
     peak = flops.peak_flops(config.get("peak_flops_per_device"))
     start_step = int(state.step)
     end_step = config.total_steps if steps is None else min(config.total_steps, start_step + steps)
@@ -189,9 +191,9 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
                 raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
                                        f"(step {manager.latest_step()}) in {workdir / 'checkpoints'} is kept.")
             losses.append(loss)
-            tokens = float(metrics["tokens"])
             scalars = {"loss": loss, "skipped_samples": float(np.sum(skipped)) if skipped else 0.0,
                        "learning_rate": float(schedule(step)), "grad_norm": float(metrics["grad_norm"]),
+                       "answer_tokens": float(metrics["tokens"]),
                        "tokens_per_second": tokens / seconds, "seconds_per_step": seconds,
                        "mfu": flops_per_token * tokens / seconds / (peak * jax.device_count()) if peak else 0.0}
             if (step + 1) % config.log_every == 0 or step + 1 == end_step:

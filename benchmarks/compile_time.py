@@ -1,6 +1,6 @@
 """Compile time of the train step vs decoder depth: scanned layers should keep it nearly flat.
 
-    python benchmarks/compile_time.py [--layers 4 8 16 32] [--repeats 2]
+    python -m benchmarks.compile_time [--layers 4 8 16 32] [--repeats 2]
 
 The step of benchmarks/train_step.py (small config, stage 2, batch 4 x (8 frames at 112 px + 128
 text tokens)) with the decoder's depth varied, lowered and compiled from abstract shapes (no

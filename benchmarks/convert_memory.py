@@ -5,7 +5,7 @@ vocabulary, few layers, tiny towers) with our streamed writer, converts it to ou
 transformers in fresh subprocesses, and prints each one's peak RSS (ru_maxrss) next to the fixed
 overhead (the same conversion of a tiny model) and the largest tensor. Cleans up after itself.
 
-    python benchmarks/convert_memory.py [--layers 2] [--workdir /tmp/convert_memory]
+    python -m benchmarks.convert_memory [--layers 2] [--workdir /tmp/convert_memory]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Forward (prefill) latency: ours vs transformers' VideoLlavaForConditionalGeneration, same weights.
 
-    python benchmarks/forward_latency.py [--runs 5] [--batch 1]
+    python -m benchmarks.forward_latency [--runs 5] [--batch 1]
 
 Both sides float32 on the CPU, one process, the same random weights (saved by transformers, loaded
 by us), warm-up excluded, `block_until_ready` before the clock stops. Prints medians.

@@ -1,6 +1,6 @@
 """Generation speed: prefill latency and decode tokens/s, ours vs transformers' `generate`.
 
-    python benchmarks/generation.py [--batches 1 8] [--new-tokens 64] [--runs 3]
+    python -m benchmarks.generation [--batches 1 8] [--new-tokens 64] [--runs 3]
 
 Same random weights on both sides (saved by transformers, loaded by us), float32, CPU, one
 process; greedy, EOS disabled so every run decodes exactly --new-tokens. Decode time is a whole

@@ -1,6 +1,6 @@
 """Per-device memory of the real 7B stage-2 train step, compiled ahead of time on abstract inputs.
 
-    python benchmarks/train_memory_7b.py [--devices 8] [--fsdp 8] [--rows 8] [--seq 2048] [--remat]
+    python -m benchmarks.train_memory_7b [--devices 8] [--fsdp 8] [--rows 8] [--seq 2048] [--remat]
 
 No weight is materialized: the model, optimizer state and batch are `jax.ShapeDtypeStruct`s carrying
 their shardings over a simulated CPU mesh; XLA compiles the step and reports the buffers one device

@@ -1,6 +1,6 @@
 """Train step (forward + backward + AdamW update): ours vs transformers + torch.optim.AdamW, same weights.
 
-    python benchmarks/train_step.py [--runs 5] [--batch 4] [--image-size 112] [--text-tokens 128]
+    python -m benchmarks.train_step [--runs 5] [--batch 4] [--image-size 112] [--text-tokens 128]
 
 Both sides float32 on the CPU, one process, the same random weights (saved by transformers, loaded
 by us) and the same batch: each row one 8-frame video and --text-tokens text tokens, the text after

@@ -15,7 +15,7 @@ dropped), plus the frame itself. The reference decodes every frame up to the las
 the two counts bounds our speed-up even if every frame cost the same (dropped B-frames cost less than
 the reference frames we must keep, so the real bound is lower).
 
-    python benchmarks/video_decode.py [--runs 3] [--workdir /tmp/vllava_decode_bench]
+    python -m benchmarks.video_decode [--runs 3] [--workdir /tmp/vllava_decode_bench]
 """
 
 from __future__ import annotations

@@ -113,16 +113,6 @@ class LlamaDecoder(nnx.Module):
         inv_freq = inverse_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions)
         return rotary_tables(inv_freq, positions, self.policy.compute_dtype)
 
-    def __call__(
-        self,
-        inputs_embeds: jax.Array,
-        positions: jax.Array,
-        attention_mask: jax.Array,
-        segment_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        """(batch, len, embed) inputs -> (batch, len, vocab) logits."""
-        return self.logits(self.hidden_states(inputs_embeds, positions, attention_mask, segment_ids))
-
     def hidden_states(
         self,
         inputs_embeds: jax.Array,
@@ -130,7 +120,8 @@ class LlamaDecoder(nnx.Module):
         attention_mask: jax.Array,
         segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """(batch, len, embed) inputs -> the last layer's output, before the final norm; causal, padding keys masked.
+        """(batch, len, embed) inputs -> the last layer's output, before the final norm (`logits` applies
+        it); causal, padding keys masked.
 
         With `segment_ids` (batch, len; 0 = padding), several packed samples share a row and a
         token attends only within its own segment; `positions` then restart per segment.

@@ -32,8 +32,13 @@ def train_flops_per_token(config: VideoLlavaConfig, stage: str, seq_len: int = 2
     mlp = 3 * t.hidden_size * t.intermediate_size
     matmul_params = t.num_hidden_layers * (attn + mlp) + t.hidden_size * t.vocab_size
     attention_scores = 2 * t.num_hidden_layers * seq_len * t.num_attention_heads * t.head_dim
-    llm_factor = 4 if stage == "stage1" else 6
-    return llm_factor * matmul_params + 3 * attention_scores
+    return _llm_factor(stage) * matmul_params + 3 * attention_scores
+
+
+def _llm_factor(stage: str) -> int:
+    """FLOPs per decoder parameter per token: forward + input and weight gradients (6), or no weight
+    gradients when the LLM is frozen and gradients only flow through it to the projector (4)."""
+    return 4 if stage == "stage1" else 6
 
 
 def tower_flops(vision: VisionConfig, frames: int, layers: int) -> float:
@@ -62,7 +67,7 @@ def video_train_step_flops(config: VideoLlavaConfig, stage: str, rows: int, seq_
     projector = (6 if towers_train else 4) * (feature_dim * hidden + hidden * hidden) * frames * vision.num_positions
     tower = tower_flops(vision, frames, depth) * (3 if towers_train else 1)
     unneeded_logits = 0 if head_tokens is None else rows * seq_len - head_tokens
-    head = (4 if stage == "stage1" else 6) * hidden * t.vocab_size * unneeded_logits
+    head = _llm_factor(stage) * hidden * t.vocab_size * unneeded_logits
     return rows * (seq_len * train_flops_per_token(config, stage, seq_len) + projector + tower) - head
 
 

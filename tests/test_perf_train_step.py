@@ -53,17 +53,53 @@ def test_loss_and_gradients_match_the_dense_loss(answer):
         np.testing.assert_allclose(np.asarray(g[...]), r, rtol=1e-4, atol=1e-5 * np.abs(r).max(), err_msg=str(path))
 
 
-@pytest.mark.parametrize("length, block", [(37, 16), (37, 64), (40, 8)])
-def test_block_causal_attention_matches_masked_attention(length, block):
-    keys = jax.random.split(jax.random.key(0), 4)
-    q, k, v = (jax.random.normal(key, (2, length, 4, 8)) for key in keys[:3])
-    padding = jnp.arange(length)[None, :] >= jnp.array([[0], [5]])  # row 1 left-padded by 5
-    mask = padding[:, None, None, :]
+def attention_case(length: int, kv_heads: int, segments: bool):
+    """q, k, v (2 rows, 4 query heads) and a boolean mask: row 1 left-padded by 5, or packed segments."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(keys[0], (2, length, 4, 8))
+    k, v = (jax.random.normal(key, (2, length, kv_heads, 8)) for key in keys[1:])
+    if segments:
+        ids = jnp.stack([jnp.arange(length) // 11 + 1, jnp.where(jnp.arange(length) < length - 4, 1, 0)])
+        mask = ((ids[:, :, None] == ids[:, None, :]) & (ids[:, None, :] > 0))[:, None]
+        valid = (ids > 0)[:, :, None, None]
+    else:
+        padding = jnp.arange(length)[None, :] >= jnp.array([[0], [5]])
+        mask = padding[:, None, None, :]
+        valid = padding[:, :, None, None]
+    return q, k, v, mask, valid
+
+
+@pytest.mark.parametrize("length, block, kv_heads, segments",
+                         [(37, 16, 4, False), (37, 64, 2, False), (40, 8, 4, True), (33, 16, 1, True)])
+def test_block_causal_attention_matches_masked_attention(length, block, kv_heads, segments):
+    """Outputs and gradients (flash-style backward) equal jax.nn.dot_product_attention's at every real query."""
+    q, k, v, mask, valid = attention_case(length, kv_heads, segments)
+    weights = jax.random.normal(jax.random.key(1), q.shape) * valid  # padded queries' outputs feed nothing
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v) * weights)
+
     with jax.default_matmul_precision("highest"):
-        ours = causal_attention(q, k, v, mask, block=block)
-        ref = attention(q, k, v, is_causal=True, mask=mask)
-    np.testing.assert_allclose(np.asarray(ours[1, 5:]), np.asarray(ref[1, 5:]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(ours[0]), np.asarray(ref[0]), rtol=1e-5, atol=1e-6)
+        ours, ref = (jax.value_and_grad(loss, argnums=(1, 2, 3))(fn, q, k, v) for fn in (
+            lambda q, k, v: causal_attention(q, k, v, mask, block=block),
+            lambda q, k, v: attention(q, k, v, is_causal=True, mask=mask)))
+        outputs = [fn(q, k, v) * valid for fn in (lambda q, k, v: causal_attention(q, k, v, mask, block=block),
+                                                  lambda q, k, v: attention(q, k, v, is_causal=True, mask=mask))]
+    np.testing.assert_allclose(np.asarray(outputs[0]), np.asarray(outputs[1]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(ours[0]), float(ref[0]), rtol=1e-5)
+    for name, g, r in zip("qkv", ours[1], ref[1]):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
+def test_block_causal_attention_in_bfloat16_stays_close():
+    q, k, v, mask, valid = attention_case(40, 2, False)
+    low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    grads = [jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * valid), argnums=(0, 1, 2))(*args)
+             for fn, args in ((lambda q, k, v: causal_attention(q, k, v, mask, block=16), low),
+                              (lambda q, k, v: attention(q, k, v, is_causal=True, mask=mask), (q, k, v)))]
+    assert all(g.dtype == jnp.bfloat16 for g in grads[0])
+    for g, r in zip(*grads):
+        np.testing.assert_allclose(np.asarray(g.astype(jnp.float32)), np.asarray(r), atol=0.05 * float(jnp.abs(r).max()))
 
 
 def float_square_masks(jaxpr, length: int) -> list:

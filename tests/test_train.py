@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,5 +111,16 @@ def test_cli_runs_resumes_and_logs(tmp_path):
     second = subprocess.run(cmd + ["--config.total_steps=3"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert second.returncode == 0 and "step 3/3" in second.stderr, second.stderr[-2000:]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [int(__import__("json").loads(line)["step"]) for line in lines] == [1, 2, 3]
+    assert [int(json.loads(line)["step"]) for line in lines] == [1, 2, 3]
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+
+
+def test_mfu_is_logged_only_against_a_known_peak(tmp_path):
+    config = tiny(total_steps=1)
+    model_config = build_model_config(config)
+    train(config, tmp_path / "cpu", SyntheticBatches(model_config, rows=8, length=48))
+    config.peak_flops_per_device = 1e12
+    train(config, tmp_path / "peak", SyntheticBatches(model_config, rows=8, length=48))
+    cpu, peak = (json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("cpu", "peak"))
+    assert "mfu" not in cpu  # a CPU has no table entry: no made-up 0%
+    assert 0 < peak["mfu"] < 1 and peak["tokens_per_second"] > 0

@@ -194,12 +194,14 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
             scalars = {"loss": loss, "skipped_samples": float(np.sum(skipped)) if skipped else 0.0,
                        "learning_rate": float(schedule(step)), "grad_norm": float(metrics["grad_norm"]),
                        "answer_tokens": float(metrics["tokens"]),
-                       "tokens_per_second": tokens / seconds, "seconds_per_step": seconds,
-                       "mfu": flops_per_token * tokens / seconds / (peak * jax.device_count()) if peak else 0.0}
+                       "tokens_per_second": tokens / seconds, "seconds_per_step": seconds}
+            shown = dict(loss=f"{loss:.4f}", lr=f"{scalars['learning_rate']:.2e}", tok_s=f"{tokens / seconds:.0f}")
+            if peak:  # unknown on CPUs (and unset in the config): no MFU rather than a made-up 0%
+                scalars["mfu"] = flops_per_token * tokens / seconds / (peak * jax.device_count())
+                shown["mfu"] = f"{scalars['mfu']:.1%}"
             if (step + 1) % config.log_every == 0 or step + 1 == end_step:
                 logger.log(step + 1, scalars)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scalars['learning_rate']:.2e}",
-                            tok_s=f"{scalars['tokens_per_second']:.0f}", mfu=f"{scalars['mfu']:.1%}")
+            bar.set_postfix(shown)
             manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                           data=ocp.args.JsonSave(data.get_state())),
                          force=step + 1 == end_step)  # the last step of a run is always kept

@@ -35,7 +35,7 @@ def model_config() -> dict:
 STAGES = {
     # stage: (trained parameters, template, steps, peak learning rate)
     "stage1": ("stage1", "plain", 60, 2e-3),
-    "stage2": ("full", "vicuna_v1", 450, 2e-3),
+    "stage2": ("full", "vicuna_v1", 1200, 2e-3),
 }
 
 

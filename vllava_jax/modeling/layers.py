@@ -138,8 +138,9 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
     Each block of queries meets only the keys up to its last query (the rest are masked anyway),
     heads-major, so every score and value product is one batched matmul over contiguous heads.
     The backward recomputes each block's probabilities from the saved log-sum-exp instead of
-    differentiating through the softmax (as flash kernels do): on XLA's CPU backend this halves
-    the attention's share of a train step, and no (len x len) probabilities are kept.
+    differentiating through the softmax (as flash kernels do): on XLA's CPU backend that made the
+    small-config train step 6% faster and its compile twice as fast (benchmarks/BENCHMARKS.md),
+    and no (len x len) probabilities are kept for the backward.
     """
     heads = q.shape[2]
     if k.shape[2] != heads:  # grouped-query attention: each query head reads its group's key/value head

@@ -81,31 +81,29 @@ def reference_step(reference, stage: str, batch: dict[str, np.ndarray]):
     return step
 
 
-def matmul_peak(size: int = PEAK_SIZE):
-    """A closure timing one float32 size^3 XLA matmul at highest precision; returns its FLOP/s."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest"))
-    jax.block_until_ready(matmul(a, a))
+def matmul_rate(run_once, size: int = PEAK_SIZE):
+    """A closure timing one size^3 matmul (`run_once`, warmed up here); returns its FLOP/s."""
+    run_once()
 
     def run() -> float:
         start = time.perf_counter()
-        jax.block_until_ready(matmul(a, a))
+        run_once()
         return 2 * size ** 3 / (time.perf_counter() - start)
 
     return run
+
+
+def matmul_peak(size: int = PEAK_SIZE):
+    """One float32 size^3 XLA matmul at highest precision: the measured peak MFU is relative to."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest"))
+    return matmul_rate(lambda: jax.block_until_ready(matmul(a, a)), size)
 
 
 def torch_matmul_peak(size: int = PEAK_SIZE):
     """The same for torch's float32 matmul: what the reference's step is made of."""
     a = torch.randn(size, size)
-    torch.mm(a, a)
-
-    def run() -> float:
-        start = time.perf_counter()
-        torch.mm(a, a)
-        return 2 * size ** 3 / (time.perf_counter() - start)
-
-    return run
+    return matmul_rate(lambda: torch.mm(a, a), size)
 
 
 def main() -> None:

@@ -69,6 +69,12 @@ def attention_case(length: int, kv_heads: int, segments: bool):
     return q, k, v, mask, valid
 
 
+def blocked_and_reference(mask: jax.Array, block: int):
+    """(q, k, v) -> output: ours in query blocks, and jax.nn.dot_product_attention with the same mask."""
+    return (lambda q, k, v: causal_attention(q, k, v, mask, block=block),
+            lambda q, k, v: attention(q, k, v, is_causal=True, mask=mask))
+
+
 @pytest.mark.parametrize("length, block, kv_heads, segments",
                          [(37, 16, 4, False), (37, 64, 2, False), (40, 8, 4, True), (33, 16, 1, True)])
 def test_block_causal_attention_matches_masked_attention(length, block, kv_heads, segments):
@@ -79,12 +85,10 @@ def test_block_causal_attention_matches_masked_attention(length, block, kv_heads
     def loss(fn, q, k, v):
         return jnp.sum(fn(q, k, v) * weights)
 
+    implementations = blocked_and_reference(mask, block)
     with jax.default_matmul_precision("highest"):
-        ours, ref = (jax.value_and_grad(loss, argnums=(1, 2, 3))(fn, q, k, v) for fn in (
-            lambda q, k, v: causal_attention(q, k, v, mask, block=block),
-            lambda q, k, v: attention(q, k, v, is_causal=True, mask=mask)))
-        outputs = [fn(q, k, v) * valid for fn in (lambda q, k, v: causal_attention(q, k, v, mask, block=block),
-                                                  lambda q, k, v: attention(q, k, v, is_causal=True, mask=mask))]
+        ours, ref = (jax.value_and_grad(loss, argnums=(1, 2, 3))(fn, q, k, v) for fn in implementations)
+        outputs = [fn(q, k, v) * valid for fn in implementations]
     np.testing.assert_allclose(np.asarray(outputs[0]), np.asarray(outputs[1]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(ours[0]), float(ref[0]), rtol=1e-5)
     for name, g, r in zip("qkv", ours[1], ref[1]):
@@ -95,8 +99,7 @@ def test_block_causal_attention_in_bfloat16_stays_close():
     q, k, v, mask, valid = attention_case(40, 2, False)
     low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
     grads = [jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * valid), argnums=(0, 1, 2))(*args)
-             for fn, args in ((lambda q, k, v: causal_attention(q, k, v, mask, block=16), low),
-                              (lambda q, k, v: attention(q, k, v, is_causal=True, mask=mask), (q, k, v)))]
+             for fn, args in zip(blocked_and_reference(mask, 16), (low, (q, k, v)))]
     assert all(g.dtype == jnp.bfloat16 for g in grads[0])
     for g, r in zip(*grads):
         np.testing.assert_allclose(np.asarray(g.astype(jnp.float32)), np.asarray(r), atol=0.05 * float(jnp.abs(r).max()))

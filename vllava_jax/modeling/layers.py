@@ -159,10 +159,15 @@ def _visible(mask: jax.Array, start: int, end: int) -> jax.Array:
     return rows[..., :end] & (jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :])
 
 
+def _scale(head_dim: int) -> jax.Array:
+    """The logits' 1/sqrt(head_dim), as jax.nn.dot_product_attention applies it (after the matmul)."""
+    return jnp.float32(1.0 / math.sqrt(head_dim))
+
+
 def _scores(q: jax.Array, k: jax.Array, visible: jax.Array) -> jax.Array:
     """Scaled float32 logits (batch, heads, queries, keys), masked where not visible."""
     logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
-    return jnp.where(visible, logits * jnp.float32(1.0 / math.sqrt(q.shape[-1])), _MASKED)
+    return jnp.where(visible, logits * _scale(q.shape[-1]), _MASKED)
 
 
 def _blocks(length: int, block: int):
@@ -192,7 +197,6 @@ def _block_attention_forward(q, k, v, mask, block):
 def _block_attention_backward(block, residuals, d_out):
     q, k, v, mask, out, log_sum_exp = residuals
     f32 = jnp.float32
-    scale = jnp.float32(1.0 / math.sqrt(q.shape[-1]))
     # d(softmax) row term: sum_s p * dp = sum_h d_out * out
     delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
     dq, dk, dv = [], jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32)
@@ -202,7 +206,7 @@ def _block_attention_backward(block, residuals, d_out):
         dv = dv.at[:, :, :end].add(jnp.einsum("bnts,bnth->bnsh", probs.astype(v.dtype), d_block,
                                               preferred_element_type=f32))
         d_probs = jnp.einsum("bnth,bnsh->bnts", d_block, v[:, :, :end], preferred_element_type=f32)
-        d_logits = probs * (d_probs - delta[:, :, start:end]) * scale
+        d_logits = probs * (d_probs - delta[:, :, start:end]) * _scale(q.shape[-1])
         dq.append(jnp.einsum("bnts,bnsh->bnth", d_logits, k[:, :, :end], preferred_element_type=f32))
         dk = dk.at[:, :, :end].add(jnp.einsum("bnts,bnth->bnsh", d_logits, q_block, preferred_element_type=f32))
     return jnp.concatenate(dq, axis=2).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None

@@ -35,8 +35,12 @@ def model_config() -> dict:
 STAGES = {
     # stage: (trained parameters, template, steps, peak learning rate)
     "stage1": ("stage1", "plain", 60, 2e-3),
-    "stage2": ("full", "vicuna_v1", 1200, 2e-3),
+    "stage2": ("full", "vicuna_v1", 1500, 2e-3),
 }
+
+# Stage 2's mix of (video, image) QA. Direction is learned early; binding a color to the asked
+# shape is what takes the steps, so images get the larger share (README "The demo").
+STAGE2_MIX = (0.3, 0.7)
 
 
 def get_config(stage: str = "stage2") -> ml_collections.ConfigDict:

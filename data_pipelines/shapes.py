@@ -6,8 +6,9 @@ left, right, up or down; images show two different shapes of different colors, o
 
 - stage 1 (`plain` template) captions: `stage1_videos.json`, `stage1_images.json`;
 - stage 2 multi-turn QA (`llava_v1`): `stage2_videos.json` ("Which direction does the red circle
-  move?", "What color is the circle?"), `stage2_images.json` ("What color is the square?" with
-  LLaVA's short-answer line, "What shape is on the left?");
+  move?", "What color is the circle?"), `stage2_images.json` (two entries per image, one per
+  shape: "What color is the square?" with LLaVA's short-answer line, then "What shape is on the
+  left?" about the other side);
 - held-out evaluation: `eval/video_direction/` in MSVD-QA's `test_q.json`/`test_a.json` layout
   (`--task msvd_qa`) and `eval/image_color/` in GQA's `questions.jsonl`/`annotations.json` layout
   (`--task gqa`, exact match), drawn from a different random stream than the training media.
@@ -34,7 +35,7 @@ class ShapesSpec:
     """How much to write and at what size (pixels; `travel` is how far a clip's shape moves)."""
 
     train_videos: int = 1500
-    train_images: int = 1500
+    train_images: int = 6000
     eval_videos: int = 100
     eval_images: int = 100
     canvas: int = 64
@@ -122,16 +123,23 @@ def video_entries(relpath: str, scene: dict, index: int) -> tuple[dict, dict]:
             {"id": f"video_qa_{index}", "video": relpath, "conversations": qa})
 
 
-def image_entries(relpath: str, scene: dict, index: int, rng: np.random.Generator) -> tuple[dict, dict]:
-    """(stage 1 caption entry, stage 2 QA entry) for one image; which object each question names is random."""
-    (left_shape, left_color, _), (right_shape, right_color, _) = scene["objects"]
-    caption = f"A {left_color} {left_shape} on the left and a {right_color} {right_shape} on the right."
-    asked = scene["objects"][rng.integers(2)]
-    side = ("left", "right")[rng.integers(2)]
-    qa = _turns((color_question(asked[0]), asked[1]),
-                (f"What shape is on the {side}?", left_shape if side == "left" else right_shape), media="<image>")
+def image_entries(relpath: str, scene: dict, index: int) -> tuple[dict, list[dict]]:
+    """(stage 1 caption entry, stage 2 QA entries) for one image: one QA per shape, asking its color
+    and then the shape on the other side.
+
+    Asking each image about both of its shapes is what teaches the model to read the asked shape:
+    with one color question per image it learns which colors are present (and, on few images,
+    each image's answer) instead; README "The demo" has the runs.
+    """
+    left, right = scene["objects"]
+    caption = f"A {left[1]} {left[0]} on the left and a {right[1]} {right[0]} on the right."
+    qa = []
+    for (shape, color, _), other_side, (other_shape, _, _) in ((left, "right", right), (right, "left", left)):
+        turns = _turns((color_question(shape), color), (f"What shape is on the {other_side}?", other_shape),
+                       media="<image>")
+        qa.append({"id": f"image_qa_{index}_{shape}", "image": relpath, "conversations": turns})
     return ({"id": f"image_caption_{index}", "image": relpath, "conversations": _turns(("", caption), media="<image>")},
-            {"id": f"image_qa_{index}", "image": relpath, "conversations": qa})
+            qa)
 
 
 def _dump(path: epath.Path, doc) -> None:
@@ -153,9 +161,9 @@ def write_train(data: ShapesData, spec: ShapesSpec, rng: np.random.Generator, ba
     for i in range(spec.train_images):
         scene, relpath = _image_scene(rng, spec), f"images/train_{i:05d}.png"
         _write_image(root, relpath, scene, spec)
-        caption, qa = image_entries(relpath, scene, i, rng)
+        caption, qa = image_entries(relpath, scene, i)
         stage1_images.append(caption)
-        stage2_images.append(qa)
+        stage2_images.extend(qa)
         bar.update()
     for path, doc in zip(data.stage1 + data.stage2, (stage1_videos, stage1_images, stage2_videos, stage2_images)):
         _dump(path, doc)

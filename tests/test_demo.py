@@ -54,16 +54,19 @@ def test_tokenizer_files_load_with_the_placeholders(tmp_path):
     assert proc.decode(encoded, skip_special_tokens=True) == "\nWhich direction does the red circle move?"
 
 
-def test_image_qa_binds_color_to_shape_and_eval_images_hold_two_colors(tmp_path):
+def test_image_qa_asks_each_shapes_color_and_eval_images_hold_two_colors(tmp_path):
     data = generate(tmp_path, seed=1, spec=SMALL)
-    for entry, caption in zip(json.loads(data.stage2[1].read_text()), json.loads(data.stage1[1].read_text())):
+    entries = json.loads(data.stage2[1].read_text())
+    captions = json.loads(data.stage1[1].read_text())
+    assert len(entries) == 2 * len(captions)
+    for caption in captions:
         left, right = caption["conversations"][1]["value"][2:-len(" on the right.")].split(" on the left and a ")
         (left_color, left_shape), (right_color, right_shape) = left.split(), right.split()
-        (color_q, color_a, shape_q, shape_a) = [t["value"] for t in entry["conversations"]]
-        colors = {shape_color_question(left_shape): left_color, shape_color_question(right_shape): right_color}
-        assert colors[color_q.removeprefix("<image>\n")] == color_a
-        shapes = {"What shape is on the left?": left_shape, "What shape is on the right?": right_shape}
-        assert shapes[shape_q] == shape_a
+        turns = [[t["value"] for t in e["conversations"]] for e in entries if e["image"] == caption["image"]]
+        # one entry per shape: its color, then the shape on the other side
+        assert sorted(turns) == sorted([
+            [f"<image>\n{shape_color_question(left_shape)}", left_color, "What shape is on the right?", right_shape],
+            [f"<image>\n{shape_color_question(right_shape)}", right_color, "What shape is on the left?", left_shape]])
     truth = json.loads((data.image_eval / "annotations.json").read_text())
     half = SMALL.canvas // 2
     for line in (data.image_eval / "questions.jsonl").read_text().splitlines():

@@ -46,8 +46,10 @@ def prepare(workdir: epath.Path, seed: int, spec: ShapesSpec) -> tuple[ShapesDat
 
 
 def train_stage(stage: str, init: epath.Path, annotations: list[epath.Path], media_root: epath.Path,
-                workdir: epath.Path, seed: int, steps: int | None = None) -> tuple[epath.Path, list[float]]:
-    """Train one stage from `init` on `annotations` (mixed evenly); returns its exported checkpoint and losses."""
+                workdir: epath.Path, seed: int, steps: int | None = None,
+                weights: tuple[float, ...] | None = None) -> tuple[epath.Path, list[float]]:
+    """Train one stage from `init` on `annotations` mixed by `weights` (default: evenly); returns its
+    exported checkpoint and losses."""
     from vllava_jax.train.data import make_data
     from vllava_jax.train.export import export_run
     from vllava_jax.train.loop import build_model_config, train
@@ -59,7 +61,7 @@ def train_stage(stage: str, init: epath.Path, annotations: list[epath.Path], med
         config.total_steps = config.checkpoint_every = steps
     config.data.annotations = [str(a) for a in annotations]
     config.data.media_roots = [str(media_root)] * len(annotations)
-    config.data.weights = [1.0 / len(annotations)] * len(annotations)
+    config.data.weights = list(weights or [1.0 / len(annotations)] * len(annotations))
     run_dir = workdir / "runs" / stage
     result = train(config, run_dir, make_data(config, build_model_config(config)))
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     stage1, losses1 = train_stage("stage1", init, data.stage1, data.root, workdir, args.seed, args.stage1_steps)
     lap("stage1")
     print("[3/5] stage 2: projector + LLM + towers on QA")
-    stage2, losses2 = train_stage("stage2", stage1, data.stage2, data.root, workdir, args.seed, args.stage2_steps)
+    stage2, losses2 = train_stage("stage2", stage1, data.stage2, data.root, workdir, args.seed, args.stage2_steps,
+                                  weights=shapes_tiny.STAGE2_MIX)
     lap("stage2")
     print("[4/5] evaluation on held-out clips and images")
     docs = evaluate(stage2, data, workdir / "eval")

@@ -14,7 +14,7 @@ import json
 import numpy as np
 from etils import epath
 
-from vllava_jax.checkpoint import hf, orbax
+from vllava_jax.checkpoint import hf, orbax, placeholder_vocab
 from vllava_jax.checkpoint.formats import copy_side_files, staged
 from vllava_jax.checkpoint.safetensors_io import shard_files, write_shard
 from vllava_jax.config import VideoLlavaConfig
@@ -55,14 +55,21 @@ def write_hf(
     force: bool = False,
     on_bytes=lambda n: None,
 ) -> epath.Path:
-    """config.json + safetensors shard(s) that `VideoLlavaForConditionalGeneration.from_pretrained` reads."""
+    """config.json + safetensors shard(s) that `VideoLlavaForConditionalGeneration.from_pretrained` reads.
+
+    A model whose placeholder ids lie past its vocabulary (the original Video-LLaVA) gets the
+    tokens, rows and processor files transformers needs to run it (`placeholder_vocab`).
+    """
     config = transformers_config(config, drop_temporal)
+    grown = placeholder_vocab.growth(config)
     tensors = []
     for entry in hf.name_map(config):
         leaf = params[entry.ours]
         shape, out_dtype = hf.torch_shape(entry, leaf.shape), np.dtype(dtype or leaf.dtype)
         for index, name in zip(leaf.parts, entry.torch):
             produce = lambda leaf=leaf, index=index, t=entry.transform: t.to_torch(np.asarray(leaf.read(index)))
+            if grown is not None and entry.ours in placeholder_vocab.VOCAB_ROWS:
+                shape, produce = (grown.new, *shape[1:]), lambda read=produce: grown.rows(read())
             tensors.append((hf.on_disk_key(name), shape, out_dtype, produce))
     shards = shard_files([int(np.prod(s)) * d.itemsize for _, s, d, _ in tensors], max_shard_bytes)
     n = shards[-1] + 1
@@ -77,6 +84,10 @@ def write_hf(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         if side_files_from is not None:
             copy_side_files(epath.Path(side_files_from), tmp)
+        if grown is not None:
+            placeholder_vocab.add_tokens(tmp, grown)
+            placeholder_vocab.write_processor_files(tmp, config)
+            config = grown.config(config)
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
     return epath.Path(directory)
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -41,8 +42,11 @@ def run(*args) -> int:
     return convert.main([str(a) for a in args])
 
 
-def write_original_tokenizer(path) -> None:
-    """The tokenizer files the original Video-LLaVA-7B ships: LLaMA's, no <image>/<video>/<pad>, pad = <unk>."""
+def write_original_tokenizer(path, transformers_saved: bool = False) -> None:
+    """The tokenizer files the original Video-LLaVA-7B ships: LLaMA's, no <image>/<video>/<pad>, pad = <unk>.
+
+    `transformers_saved`: as transformers' `save_pretrained` rewrites them (tokenizer.json included).
+    """
     (path / "tokenizer.model").write_bytes(media.train_sentencepiece(vocab_size=VOCAB))
     (path / "tokenizer_config.json").write_text(json.dumps({
         "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
@@ -50,6 +54,9 @@ def write_original_tokenizer(path) -> None:
         "tokenizer_class": "LlamaTokenizer"}))
     (path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
                                                               "unk_token": "<unk>", "pad_token": "<unk>"}))
+    if transformers_saved:
+        AutoTokenizer.from_pretrained(path).save_pretrained(path)
+        assert (path / "tokenizer.json").exists()
 
 
 def export(original, root, *flags):
@@ -112,6 +119,22 @@ def test_export_adds_placeholder_tokens_rows_and_processor_files(exported):
     assert (tokenizer.pad_token, tokenizer.padding_side, len(tokenizer)) == ("<pad>", "left", VOCAB + 3)
     assert {"preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json"} <= {
         p.name for p in path.iterdir()}
+    text = "USER: <image>\n<video>\nWhat is it? ASSISTANT:"
+    image, video = media_inputs(0)
+    got = vllava_jax.Processor.from_pretrained(path)(text=text, images=[image], videos=[video])["input_ids"]
+    np.testing.assert_array_equal(got, [tokenizer.encode(text.replace("<image>", "<image>" * 4).replace(
+        "<video>", "<video>" * 40))])
+
+
+def test_export_refuses_a_tokenizer_that_gives_an_added_id_another_token(exported, tmp_path, capsys):
+    _, ours, _ = exported
+    shutil.copytree(ours, tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {str(PAD_ID): {"content": "<extra>", "special": True}}
+    (tmp_path / "ours" / "tokenizer_config.json").write_text(json.dumps(config))
+    assert run("--src", tmp_path / "ours", "--dst", tmp_path / "export", "--to", "hf") == 1
+    assert "tokenizer_config.json: has '<pad>' or id 322 with another meaning" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
 
 
 def test_transformers_processor_and_model_on_the_export_match_ours_on_the_source(exported, monkeypatch):
@@ -206,7 +229,7 @@ def test_drop_temporal_export_equals_ours_without_temporal(tmp_path, monkeypatch
                              v.image_size, v.patch_size, FRAMES).eval()
     oracle.randomize_(tower, seed=1)
     write_original(tmp_path / "original", tmp_path / "hf", model, video_tower=tower)
-    write_original_tokenizer(tmp_path / "original")
+    write_original_tokenizer(tmp_path / "original", transformers_saved=True)
     ours_dir, path = export(tmp_path / "original", tmp_path, "--drop-temporal")
     source = vllava_jax.load_pretrained(tmp_path / "original")
     assert source.config.video_vision_config.add_time_attn

@@ -85,23 +85,27 @@ def _added_token(content: str) -> dict:
             "special": True}
 
 
+def _check_free(path: epath.Path, present: dict[str, int], grown: Growth) -> None:
+    """Refuse a tokenizer file that gives one of the grown tokens, or one of their ids, another meaning."""
+    by_id = {i: content for content, i in present.items()}
+    for content, idx in grown.tokens.items():
+        if present.get(content, idx) != idx or by_id.get(idx, content) != content:
+            raise CheckpointError(f"{path}: has {content!r} or id {idx} with another meaning; the export adds "
+                                  f"{content!r} as id {idx}, the row it grows for it")
+
+
 def add_tokens(directory: epath.Path, grown: Growth) -> None:
     """Add the grown tokens to whichever tokenizer files `directory` holds; `<pad>` becomes the pad token.
 
-    A dir without a tokenizer (no tokenizer.model or tokenizer.json) is left alone. A file that
-    already gives one of the tokens another id is refused: the ids would disagree with the rows.
+    A dir without a tokenizer (no tokenizer.model or tokenizer.json) is left alone.
     """
     if not ((directory / "tokenizer.model").exists() or (directory / "tokenizer.json").exists()):
         return
     config_file = directory / "tokenizer_config.json"
     config = _read(config_file) if config_file.exists() else {"tokenizer_class": "LlamaTokenizer"}
     decoder = {int(i): entry for i, entry in (config.get("added_tokens_decoder") or {}).items()}
-    for content, idx in grown.tokens.items():
-        taken = {entry["content"]: i for i, entry in decoder.items()}
-        if taken.get(content, idx) != idx or decoder.get(idx, {}).get("content", content) != content:
-            raise CheckpointError(f"{config_file}: added_tokens_decoder gives {content!r} or id {idx} another "
-                                  f"meaning; the export adds {content!r} as id {idx}")
-        decoder[idx] = _added_token(content)
+    _check_free(config_file, {entry["content"]: i for i, entry in decoder.items()}, grown)
+    decoder |= {idx: _added_token(content) for content, idx in grown.tokens.items()}
     config["added_tokens_decoder"] = {str(i): decoder[i] for i in sorted(decoder)}
     config |= {"pad_token": PAD_TOKEN, "padding_side": "left"}
     _write(config_file, config)
@@ -109,12 +113,16 @@ def add_tokens(directory: epath.Path, grown: Growth) -> None:
     if (directory / "special_tokens_map.json").exists():
         _write(directory / "special_tokens_map.json", _read(directory / "special_tokens_map.json") | {"pad_token": PAD_TOKEN})
     if (directory / "added_tokens.json").exists():
-        _write(directory / "added_tokens.json", _read(directory / "added_tokens.json") | grown.tokens)
+        added = _read(directory / "added_tokens.json")
+        _check_free(directory / "added_tokens.json", added, grown)
+        _write(directory / "added_tokens.json", added | grown.tokens)
     if (directory / "tokenizer.json").exists():
         tokenizer = _read(directory / "tokenizer.json")
-        present = {entry["content"] for entry in tokenizer.get("added_tokens", [])}
-        tokenizer["added_tokens"] = tokenizer.get("added_tokens", []) + [
-            {"id": idx, **_added_token(content)} for content, idx in grown.tokens.items() if content not in present]
+        added = tokenizer.get("added_tokens", [])
+        _check_free(directory / "tokenizer.json", {entry["content"]: entry["id"] for entry in added}, grown)
+        present = {entry["content"] for entry in added}
+        tokenizer["added_tokens"] = added + [{"id": idx, **_added_token(content)}
+                                             for content, idx in grown.tokens.items() if content not in present]
         _write(directory / "tokenizer.json", tokenizer)
 
 

@@ -116,16 +116,22 @@ def test_extra_and_missing_original_keys_are_listed_by_their_names(tiny, tmp_pat
     assert "1 missing tensor(s)" in str(info.value) and "model.mm_projector.4.weight" in str(info.value)
 
 
-@pytest.fixture(scope="module")
-def temporal(tmp_path_factory):
-    path = tmp_path_factory.mktemp("orig_temporal")
-    model = oracle.save_tiny_model(path / "hf")
+def write_temporal_original(path, **cfg):
+    """An original-layout dir at `path / "original"` whose video tower has LanguageBind temporal attention."""
+    model = oracle.save_tiny_model(path / "hf", **cfg)
     v = model.config.vision_config
     torch.manual_seed(1)
     tower = RefTemporalTower(v.hidden_size, v.intermediate_size, v.num_attention_heads, v.num_hidden_layers,
                              v.image_size, v.patch_size, FRAMES).eval()
     oracle.randomize_(tower, seed=1)
     write_original(path / "original", path / "hf", model, video_tower=tower)
+    return model, tower
+
+
+@pytest.fixture(scope="module")
+def temporal(tmp_path_factory):
+    path = tmp_path_factory.mktemp("orig_temporal")
+    model, tower = write_temporal_original(path)
     return path / "original", model, tower
 
 

@@ -27,8 +27,8 @@ from transformers.utils import is_torchvision_available
 
 import vllava_jax
 from tests import media, oracle
-from tests.test_convert_original import write_original
-from tests.test_temporal import FRAMES, RefTemporalTower
+from tests.test_convert_original import write_original, write_temporal_original
+from tests.test_temporal import FRAMES
 from vllava_jax import convert
 from vllava_jax.checkpoint import formats
 from vllava_jax.modeling.video_llava import VideoLlavaModel
@@ -222,13 +222,7 @@ def without_temporal(model: vllava_jax.VideoLlava) -> vllava_jax.VideoLlava:
 def test_drop_temporal_export_equals_ours_without_temporal(tmp_path, monkeypatch):
     """A temporal original exported with --drop-temporal: transformers on the export equals our model on the
     source with the temporal blocks taken out (video pixels by transformers' transform in both)."""
-    model = oracle.save_tiny_model(tmp_path / "hf", text=dict(vocab_size=VOCAB))
-    v = model.config.vision_config
-    torch.manual_seed(1)
-    tower = RefTemporalTower(v.hidden_size, v.intermediate_size, v.num_attention_heads, v.num_hidden_layers,
-                             v.image_size, v.patch_size, FRAMES).eval()
-    oracle.randomize_(tower, seed=1)
-    write_original(tmp_path / "original", tmp_path / "hf", model, video_tower=tower)
+    write_temporal_original(tmp_path, text=dict(vocab_size=VOCAB))
     write_original_tokenizer(tmp_path / "original", transformers_saved=True)
     ours_dir, path = export(tmp_path / "original", tmp_path, "--drop-temporal")
     source = vllava_jax.load_pretrained(tmp_path / "original")

@@ -30,6 +30,7 @@ from tests import media, oracle
 from tests.test_convert_original import write_original, write_temporal_original
 from tests.test_temporal import FRAMES
 from vllava_jax import convert
+from vllava_jax.checkpoint import export as export_lib
 from vllava_jax.checkpoint import formats
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 
@@ -126,8 +127,9 @@ def test_export_adds_placeholder_tokens_rows_and_processor_files(exported):
         "<video>", "<video>" * 40))])
 
 
-def test_export_refuses_a_tokenizer_that_gives_an_added_id_another_token(exported, tmp_path, capsys):
+def test_export_refuses_a_tokenizer_that_gives_an_added_id_another_token(exported, tmp_path, capsys, monkeypatch):
     _, ours, _ = exported
+    monkeypatch.setattr(export_lib, "write_shard", lambda *args: pytest.fail("a shard was written before the check"))
     shutil.copytree(ours, tmp_path / "ours")
     config = json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())
     config["added_tokens_decoder"] = {str(PAD_ID): {"content": "<extra>", "special": True}}

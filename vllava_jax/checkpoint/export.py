@@ -75,6 +75,12 @@ def write_hf(
     n = shards[-1] + 1
     files = ["model.safetensors"] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
     with staged(directory, force) as tmp:
+        if side_files_from is not None:  # first: a tokenizer the added tokens clash with fails before any shard
+            copy_side_files(epath.Path(side_files_from), tmp)
+        if grown is not None:
+            placeholder_vocab.add_tokens(tmp, grown)
+            placeholder_vocab.write_processor_files(tmp, config)
+            config = grown.config(config)
         for k, file in enumerate(files):
             write_shard(tmp / file, [t for t, s in zip(tensors, shards) if s == k], on_bytes)
         if n > 1:
@@ -82,12 +88,6 @@ def write_hf(
             index = {"metadata": {"total_size": total},
                      "weight_map": {t[0]: files[s] for t, s in zip(tensors, shards)}}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        if side_files_from is not None:
-            copy_side_files(epath.Path(side_files_from), tmp)
-        if grown is not None:
-            placeholder_vocab.add_tokens(tmp, grown)
-            placeholder_vocab.write_processor_files(tmp, config)
-            config = grown.config(config)
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
     return epath.Path(directory)
 

@@ -11,7 +11,8 @@ Placeholder ids: the original's tokenizer has no <image>/<video> tokens (it spli
 IMAGE_TOKEN_INDEX = -200 in at runtime). Our model replaces placeholder ids before the embedding
 lookup and accepts exactly the two placeholder ids outside the vocabulary, so unless the
 checkpoint's added_tokens.json names them, <image> = vocab_size and <video> = vocab_size + 1:
-no embedding row is added and the logits keep the original's width.
+no embedding row is added and the logits keep the original's width. (An export to transformers,
+which looks every id up, adds the rows: `placeholder_vocab`.)
 """
 
 from __future__ import annotations

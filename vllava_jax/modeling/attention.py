@@ -125,12 +125,17 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(q.dtype)
 
 
-def _segment_mask(segment_ids: jax.Array, queries: slice, keys: slice) -> jax.Array:
+def _key_ids(segment_ids: jax.Array) -> jax.Array:
+    """Segment ids for the key side, padding -1: equal to a query's id exactly where that key is visible to
+    it, causality aside (padded queries, id 0, then see nothing)."""
+    return jnp.where(segment_ids > 0, segment_ids, -1)
+
+
+def _segment_mask(segment_ids: jax.Array, key_ids: jax.Array, queries: slice, keys: slice) -> jax.Array:
     """(batch, 1, queries, keys) True where a query sees a key: same segment, not padding, causal."""
-    q_ids, k_ids = segment_ids[:, queries, None], segment_ids[:, None, keys]
     rows = jnp.arange(segment_ids.shape[1])
     causal = rows[queries, None] >= rows[None, keys]
-    return ((q_ids == k_ids) & (k_ids > 0) & causal)[:, None]
+    return ((segment_ids[:, queries, None] == key_ids[:, None, keys]) & causal)[:, None]
 
 
 def _repeat_kv(q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -147,7 +152,8 @@ def _pad_length(multiple: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
 
 def _causal_xla(q, k, v, segment_ids):
     every = slice(None)
-    return jax.nn.dot_product_attention(q, k, v, mask=_segment_mask(segment_ids, every, every)).astype(q.dtype)
+    mask = _segment_mask(segment_ids, _key_ids(segment_ids), every, every)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(q.dtype)
 
 
 def lengths_or_segments(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
@@ -203,7 +209,8 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_i
     and no (len x len) probabilities are kept for the backward.
     """
     k, v = _repeat_kv(q, k, v)
-    out = _block_attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)), segment_ids.astype(jnp.int32), block)
+    segment_ids = segment_ids.astype(jnp.int32)
+    out = _block_attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)), segment_ids, _key_ids(segment_ids), block)
     return out.transpose(0, 2, 1, 3)
 
 
@@ -227,16 +234,16 @@ def _blocks(length: int, block: int):
             for start in range(0, length, block)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _block_attention(q, k, v, segment_ids, block):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _block_attention(q, k, v, segment_ids, key_ids, block):
     """Heads-major (batch, heads, len, head_dim) causal attention; see `blocked_causal_attention`."""
-    return _block_attention_forward(q, k, v, segment_ids, block)[0]
+    return _block_attention_forward(q, k, v, segment_ids, key_ids, block)[0]
 
 
-def _block_attention_forward(q, k, v, segment_ids, block):
+def _block_attention_forward(q, k, v, segment_ids, key_ids, block):
     out, log_sum_exp = [], []
     for queries, keys in _blocks(q.shape[2], block):
-        scores = _scores(q[:, :, queries], k[:, :, keys], _segment_mask(segment_ids, queries, keys))
+        scores = _scores(q[:, :, queries], k[:, :, keys], _segment_mask(segment_ids, key_ids, queries, keys))
         peak = jnp.max(scores, axis=-1, keepdims=True)
         weights = jnp.exp(scores - peak)
         total = jnp.sum(weights, axis=-1, keepdims=True)
@@ -244,18 +251,18 @@ def _block_attention_forward(q, k, v, segment_ids, block):
         out.append(jnp.einsum("bnts,bnsh->bnth", probs, v[:, :, keys]))
         log_sum_exp.append(peak + jnp.log(total))
     out = jnp.concatenate(out, axis=2)
-    return out, (q, k, v, segment_ids, out, jnp.concatenate(log_sum_exp, axis=2))
+    return out, (q, k, v, segment_ids, key_ids, out, jnp.concatenate(log_sum_exp, axis=2))
 
 
 def _block_attention_backward(block, residuals, d_out):
-    q, k, v, segment_ids, out, log_sum_exp = residuals
+    q, k, v, segment_ids, key_ids, out, log_sum_exp = residuals
     f32 = jnp.float32
     # d(softmax) row term: sum_s p * dp = sum_h d_out * out
     delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
     dq, dk, dv = [], jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32)
     for queries, keys in _blocks(q.shape[2], block):
         q_block, d_block = q[:, :, queries], d_out[:, :, queries]
-        scores = _scores(q_block, k[:, :, keys], _segment_mask(segment_ids, queries, keys))
+        scores = _scores(q_block, k[:, :, keys], _segment_mask(segment_ids, key_ids, queries, keys))
         probs = jnp.exp(scores - log_sum_exp[:, :, queries])
         dv = dv.at[:, :, keys].add(jnp.einsum("bnts,bnth->bnsh", probs.astype(v.dtype), d_block,
                                               preferred_element_type=f32))
@@ -263,7 +270,7 @@ def _block_attention_backward(block, residuals, d_out):
         d_logits = probs * (d_probs - delta[:, :, queries]) * _scale(q.shape[-1])
         dq.append(jnp.einsum("bnts,bnsh->bnth", d_logits, k[:, :, keys], preferred_element_type=f32))
         dk = dk.at[:, :, keys].add(jnp.einsum("bnts,bnth->bnsh", d_logits, q_block, preferred_element_type=f32))
-    return jnp.concatenate(dq, axis=2).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    return jnp.concatenate(dq, axis=2).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
 _block_attention.defvjp(_block_attention_forward, _block_attention_backward)

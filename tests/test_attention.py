@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
+import vllava_jax
+from configs import train_tiny
 from vllava_jax.errors import ConfigError
 from vllava_jax.modeling import attention
+from vllava_jax.train.loop import build_model_config
 
 HEADS, HEAD_DIM = 4, 16
 
@@ -201,3 +204,39 @@ def test_dispatch_reads_the_mesh_not_the_host(monkeypatch):
     with jax.set_mesh(jax.make_mesh((1,), ("data",))):
         assert attention.compile_platform() == "cpu"
         assert "flash_attention" not in str(traced_decoder_attention())
+
+
+@pytest.fixture(scope="module")
+def traced_model():
+    """(pixels) -> the jaxpr of a tiny bfloat16 model's forward (text, plus one image when `pixels`)."""
+    config = build_model_config(train_tiny.get_config())
+    module = vllava_jax.VideoLlava.random(config, "bfloat16").module
+    ids = np.ones((2, 40), np.int32)
+    ids[0, 2:2 + config.image_seq_length] = config.image_token_index
+    size = config.vision_config.image_size
+
+    def trace(pixels: bool) -> str:
+        if not pixels:
+            return str(jax.make_jaxpr(lambda i: module(i, jnp.ones_like(i)))(ids * (ids != config.image_token_index)))
+        images = jax.ShapeDtypeStruct((1, 3, size, size), jnp.float32)
+        return str(jax.make_jaxpr(lambda i, x: module(i, jnp.ones_like(i), x))(ids, images))
+
+    return trace
+
+
+def test_model_call_sites_use_the_dispatch(traced_model, monkeypatch):
+    """The decoder's and the towers' attention go through the dispatch: on a TPU mesh the decoder runs the
+    flash kernel, on an NVIDIA mesh the towers reach cuDNN even with the decoder forced elsewhere."""
+    monkeypatch.delenv(attention.OVERRIDE_ENV, raising=False)
+    assert "flash_attention" not in traced_model(pixels=False)
+    with jax.sharding.use_abstract_mesh(abstract_mesh("tpu", "TPU v5 lite")):
+        assert "flash_attention" in traced_model(pixels=False)
+    monkeypatch.setenv(attention.OVERRIDE_ENV, "blocked")
+    with jax.sharding.use_abstract_mesh(abstract_mesh("gpu", "NVIDIA H200")):
+        traced_model(pixels=False)  # the decoder alone, forced to the blocked attention
+        try:
+            jaxpr = traced_model(pixels=True)
+        except RuntimeError as e:  # no CUDA here: the towers' call reached cuDNN
+            assert "cuDNN" in str(e)
+        else:
+            assert "cudnn" in jaxpr.lower()

@@ -65,6 +65,7 @@ from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
 from jax.experimental.pallas.ops.tpu import flash_attention as pallas_tpu
 
 from vllava_jax.errors import ConfigError
+from vllava_jax.sharding import MESH_AXES, logical_to_spec
 
 OVERRIDE_ENV = "VLLAVA_ATTENTION"
 Kind = Literal["decoder", "tower"]
@@ -172,8 +173,33 @@ def lengths_or_segments(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: j
         # cuDNN leaves padded queries' outputs unwritten; zero them so nothing undefined flows on
         return jnp.where(right_padded[:, :, None, None] > 0, out, jnp.zeros((), out.dtype)).astype(q.dtype)
 
-    with_segments = functools.partial(_causal_pallas_gpu, segment_ids=segment_ids)
+    with_segments = functools.partial(_per_shard(_causal_pallas_gpu), segment_ids=segment_ids)
     return jax.lax.cond(one_segment_each, with_lengths, with_segments, q, k, v)
+
+
+def _per_shard(kernel: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """`kernel(q, k, v, segment_ids)` run on each device's rows and heads of the current mesh.
+
+    XLA does not partition a Pallas call: on a mesh it would gather the operands onto every
+    device and repeat the whole attention there. Rows and heads are placed as the rules table
+    places them; query heads stay whole where key/value heads do (a device must hold the key/value
+    heads its query heads read).
+    """
+
+    @functools.wraps(kernel)
+    def run(q, k, v, segment_ids):
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or mesh.size == 1 or not set(MESH_AXES) <= set(mesh.axis_names):  # not ours: XLA gathers
+            return kernel(q, k, v, segment_ids)
+        kv_spec = logical_to_spec(("batch", "length", "kv_heads", "head_dim"), k.shape, mesh)
+        q_spec = logical_to_spec(("batch", "length", "heads", "head_dim"), q.shape, mesh)
+        if q_spec[2] != kv_spec[2]:
+            q_spec = jax.sharding.PartitionSpec(q_spec[0], q_spec[1], kv_spec[2], q_spec[3])
+        rows = jax.sharding.PartitionSpec(q_spec[0], None)
+        return jax.shard_map(kernel, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, rows), out_specs=q_spec,
+                             check_vma=False)(q, k, v, segment_ids)
+
+    return run
 
 
 def _causal_pallas_gpu(q, k, v, segment_ids):
@@ -280,6 +306,6 @@ _CAUSAL: dict[str, Callable[..., jax.Array]] = {
     "blocked": blocked_causal_attention,
     "xla": _causal_xla,
     "cudnn": lengths_or_segments,
-    "pallas_gpu": _causal_pallas_gpu,
-    "pallas_tpu": _causal_pallas_tpu,
+    "pallas_gpu": _per_shard(_causal_pallas_gpu),
+    "pallas_tpu": _per_shard(_causal_pallas_tpu),
 }

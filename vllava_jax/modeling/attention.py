@@ -43,7 +43,9 @@ Platform contract (shared with ahead-of-time compilation, where a CPU host compi
 the platform is that of the devices the program is compiled for, read at trace time from the
 mesh made current with `jax.set_mesh(mesh)` (or an abstract one with
 `jax.sharding.use_abstract_mesh`): `jax.sharding.get_abstract_mesh().abstract_device.platform`.
-With no mesh set it is `jax.devices()[0].platform`; never `jax.default_backend()`.
+With no mesh set it is `jax.devices()[0].platform`; never `jax.default_backend()`. On a mesh of
+several devices the Pallas kernels run per shard (`jax.shard_map` over that mesh, rows and heads
+placed by `vllava_jax.sharding`'s rules); cuDNN's call is partitioned by XLA itself.
 
 Override: every entry point takes `implementation=`; the environment variable VLLAVA_ATTENTION
 (read at trace time) forces one name wherever that name applies ("xla" and "cudnn": decoder and
@@ -115,10 +117,11 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     return _CAUSAL[_resolve("decoder", implementation, q)](q, k, v, segment_ids.astype(jnp.int32))
 
 
-def bidirectional_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str | None = None) -> jax.Array:
+def bidirectional_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                            implementation: str | None = None) -> jax.Array:
     """Every query sees every key (the towers)."""
     name = _resolve("tower", implementation, q)
-    return jax.nn.dot_product_attention(q, k, v, implementation=None if name == "xla" else name).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, implementation=name).astype(q.dtype)
 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:

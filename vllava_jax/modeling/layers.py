@@ -1,4 +1,6 @@
-"""Building blocks shared by the towers and the decoder: annotated params, dense, norms, attention.
+"""Building blocks shared by the towers and the decoder: annotated params, dense, norms, scanned layers.
+
+Attention lives in `vllava_jax.modeling.attention` (chosen per platform).
 
 Every parameter carries logical axis names (`out_sharding` metadata); `vllava_jax.sharding` maps
 them onto a mesh. Eager sharding is off per variable: placement happens once, in one place.
@@ -6,7 +8,6 @@ them onto a mesh. Eager sharding is off per variable: placement happens once, in
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -118,101 +119,6 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if name not in ACTIVATIONS:
         raise ValueError(f"activation {name!r} is not one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
-
-
-def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool = False, mask: jax.Array | None = None
-) -> jax.Array:
-    """Softmax attention over (batch, len, heads, head_dim); k/v may have fewer heads (GQA).
-
-    `mask` (batch, 1, q_len or 1, key_len) is True where a query may attend a key; with
-    `is_causal` both apply. Logits and softmax run in float32 whatever the compute dtype; the
-    output is in q's dtype.
-    """
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(q.dtype)
-
-
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block: int = 256) -> jax.Array:
-    """Causal `attention` (same arguments and numbers) in blocks of queries, with flash attention's backward.
-
-    Each block of queries meets only the keys up to its last query (the rest are masked anyway),
-    heads-major, so every score and value product is one batched matmul over contiguous heads.
-    The backward recomputes each block's probabilities from the saved log-sum-exp instead of
-    differentiating through the softmax (as flash kernels do): on XLA's CPU backend that made the
-    small-config train step 6% faster and its compile twice as fast (benchmarks/BENCHMARKS.md),
-    and no (len x len) probabilities are kept for the backward.
-    """
-    heads = q.shape[2]
-    if k.shape[2] != heads:  # grouped-query attention: each query head reads its group's key/value head
-        k, v = (jnp.repeat(x, heads // x.shape[2], axis=2) for x in (k, v))
-    out = _block_attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)), mask, block)
-    return out.transpose(0, 2, 1, 3)
-
-
-# As jax.nn.dot_product_attention masks: finite, so a row with no visible key stays finite (uniform).
-_MASKED = 0.7 * float(jnp.finfo(jnp.float32).min)
-
-
-def _visible(mask: jax.Array, start: int, end: int) -> jax.Array:
-    """Which of keys [0, end) the queries [start, end) see: the caller's mask and causality."""
-    rows = mask if mask.shape[2] == 1 else mask[:, :, start:end]
-    return rows[..., :end] & (jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :])
-
-
-def _scale(head_dim: int) -> jax.Array:
-    """The logits' 1/sqrt(head_dim), as jax.nn.dot_product_attention applies it (after the matmul)."""
-    return jnp.float32(1.0 / math.sqrt(head_dim))
-
-
-def _scores(q: jax.Array, k: jax.Array, visible: jax.Array) -> jax.Array:
-    """Scaled float32 logits (batch, heads, queries, keys), masked where not visible."""
-    logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
-    return jnp.where(visible, logits * _scale(q.shape[-1]), _MASKED)
-
-
-def _blocks(length: int, block: int):
-    return [(start, min(start + block, length)) for start in range(0, length, block)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _block_attention(q, k, v, mask, block):
-    """Heads-major (batch, heads, len, head_dim) causal attention; see `causal_attention`."""
-    return _block_attention_forward(q, k, v, mask, block)[0]
-
-
-def _block_attention_forward(q, k, v, mask, block):
-    out, log_sum_exp = [], []
-    for start, end in _blocks(q.shape[2], block):
-        scores = _scores(q[:, :, start:end], k[:, :, :end], _visible(mask, start, end))
-        peak = jnp.max(scores, axis=-1, keepdims=True)
-        weights = jnp.exp(scores - peak)
-        total = jnp.sum(weights, axis=-1, keepdims=True)
-        probs = (weights / total).astype(v.dtype)
-        out.append(jnp.einsum("bnts,bnsh->bnth", probs, v[:, :, :end]))
-        log_sum_exp.append(peak + jnp.log(total))
-    out = jnp.concatenate(out, axis=2)
-    return out, (q, k, v, mask, out, jnp.concatenate(log_sum_exp, axis=2))
-
-
-def _block_attention_backward(block, residuals, d_out):
-    q, k, v, mask, out, log_sum_exp = residuals
-    f32 = jnp.float32
-    # d(softmax) row term: sum_s p * dp = sum_h d_out * out
-    delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
-    dq, dk, dv = [], jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32)
-    for start, end in _blocks(q.shape[2], block):
-        q_block, d_block = q[:, :, start:end], d_out[:, :, start:end]
-        probs = jnp.exp(_scores(q_block, k[:, :, :end], _visible(mask, start, end)) - log_sum_exp[:, :, start:end])
-        dv = dv.at[:, :, :end].add(jnp.einsum("bnts,bnth->bnsh", probs.astype(v.dtype), d_block,
-                                              preferred_element_type=f32))
-        d_probs = jnp.einsum("bnth,bnsh->bnts", d_block, v[:, :, :end], preferred_element_type=f32)
-        d_logits = probs * (d_probs - delta[:, :, start:end]) * _scale(q.shape[-1])
-        dq.append(jnp.einsum("bnts,bnsh->bnth", d_logits, k[:, :, :end], preferred_element_type=f32))
-        dk = dk.at[:, :, :end].add(jnp.einsum("bnts,bnth->bnsh", d_logits, q_block, preferred_element_type=f32))
-    return jnp.concatenate(dq, axis=2).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
-
-
-_block_attention.defvjp(_block_attention_forward, _block_attention_backward)
 
 
 def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs) -> nnx.Module:

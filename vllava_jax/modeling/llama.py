@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vllava_jax.config import DTypePolicy, TextConfig
-from vllava_jax.modeling.layers import (Dense, RMSNorm, attention, causal_attention, matmul_2d, param, scan_layers,
-                                        stacked)
+from vllava_jax.modeling.attention import causal_attention, masked_attention
+from vllava_jax.modeling.layers import Dense, RMSNorm, matmul_2d, param, scan_layers, stacked
 from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_tables
 from vllava_jax.sharding import constrain
 
@@ -45,7 +45,7 @@ class LlamaAttention(nnx.Module):
         self.o = Dense((cfg.num_attention_heads, hd), e, ("heads", "head_dim"), ("embed",), **common)
 
     def __call__(self, x, cos, sin, mask, cache=None, slot=None, layer=None):
-        """Without `cache`: causal attention over `x` within `mask` (batch, 1, len or 1, len).
+        """Without `cache`: causal attention over `x`, `mask` being segment ids (batch, len; 0 = padding).
 
         With `cache` = (keys, values) of every layer: write x's keys/values at (`layer`, `slot`)
         in place and attend, with the full `mask` (batch, 1, len, slots), over this layer's slots.
@@ -57,7 +57,7 @@ class LlamaAttention(nnx.Module):
             return self.o(causal_attention(q, k, v, mask)), None
         keys, values = (jax.lax.dynamic_update_slice(c, new.astype(c.dtype)[None], (layer, 0, slot, 0, 0))
                         for c, new in zip(cache, (k, v)))
-        out = attention(q, keys[layer], values[layer], mask=mask)
+        out = masked_attention(q, keys[layer], values[layer], mask)
         return self.o(out), (keys, values)
 
 
@@ -127,14 +127,10 @@ class LlamaDecoder(nnx.Module):
         token attends only within its own segment; `positions` then restart per segment.
         """
         cos, sin = self._rotary(positions)
-        if segment_ids is None:
-            mask = attention_mask.astype(bool)[:, None, None, :]
-        else:
-            same = segment_ids[:, :, None] == segment_ids[:, None, :]
-            mask = (same & (segment_ids[:, None, :] > 0))[:, None]
+        segments = attention_mask if segment_ids is None else segment_ids  # unpacked: one segment, 0 on padding
 
         def body(layer: LlamaLayer, h: jax.Array, _):
-            return constrain(layer(h, cos, sin, mask)[0], ACTIVATION), None
+            return constrain(layer(h, cos, sin, segments)[0], ACTIVATION), None
 
         h = constrain(inputs_embeds.astype(self.policy.compute_dtype), ACTIVATION)
         h, _ = scan_layers(self.layers, h, body, remat=self.remat)

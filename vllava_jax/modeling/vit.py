@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vllava_jax.config import DTypePolicy, VisionConfig
-from vllava_jax.modeling.layers import Dense, LayerNorm, activation, attention, param, scan_layers, stacked
+from vllava_jax.modeling.attention import bidirectional_attention
+from vllava_jax.modeling.layers import Dense, LayerNorm, activation, param, scan_layers, stacked
 from vllava_jax.sharding import constrain
 
 
@@ -28,7 +29,7 @@ class VisionAttention(nnx.Module):
         self.o = Dense(heads, embed, ("heads", "head_dim"), ("vision_embed",), use_bias=True, policy=policy, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.o(attention(self.q(x), self.k(x), self.v(x)))
+        return self.o(bidirectional_attention(self.q(x), self.k(x), self.v(x)))
 
 
 class VisionMLP(nnx.Module):

@@ -69,7 +69,7 @@ def build(annotation_file: epath.PathLike, media_root: epath.PathLike, data_dir:
     """
     target = dataset_dir(data_dir)
     if target.exists() and not overwrite:
-        raise DataError(f"{target}: a dataset is already built here; pass overwrite=True to rebuild it")
+        raise DataError(f"{target}: a dataset is already built here; pass --overwrite (overwrite=True) to rebuild it")
     entries = load_annotations(annotation_file)
     partial = target.parent / f".{VERSION}.partial"
     if partial.exists():

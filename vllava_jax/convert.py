@@ -53,24 +53,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     start = time.perf_counter()
     source = formats.open_source(args.src)
+    formats.check_destination(args.dst, args.force, sources=(source.path,))
     keep_stored = args.to == "hf" and source.format == "ours"
     dtype = args.dtype or (None if keep_stored else "float32")
     params = formats.leaves(source, formats.abstract_shapes(source.config), dtype)
     total = sum(len(leaf.parts) for leaf in params.values())
     written = [0]
-    bar = tqdm(total=total, unit="tensor", desc=f"{source.format} -> {args.to}")
+    with tqdm(total=total, unit="tensor", desc=f"{source.format} -> {args.to}") as bar:
 
-    def on_bytes(n: int) -> None:
-        written[0] += n
-        bar.update(1)
+        def on_bytes(n: int) -> None:
+            written[0] += n
+            bar.update(1)
 
-    if args.to == "hf":
-        export.write_hf(args.dst, source.config, params, side_files_from=source.path,
-                        max_shard_bytes=args.max_shard_size, drop_temporal=args.drop_temporal,
-                        force=args.force, on_bytes=on_bytes)
-    else:
-        formats.write_ours(args.dst, source, params, force=args.force, on_bytes=on_bytes)
-    bar.close()
+        if args.to == "hf":
+            export.write_hf(args.dst, source.config, params, side_files_from=source.path,
+                            max_shard_bytes=args.max_shard_size, drop_temporal=args.drop_temporal,
+                            force=args.force, on_bytes=on_bytes)
+        else:
+            formats.write_ours(args.dst, source, params, force=args.force, on_bytes=on_bytes)
     print(f"wrote {args.dst} ({args.to}): {bar.n} tensors, {written[0] / 1e6:,.1f} MB in "
           f"{time.perf_counter() - start:.1f} s")
     return 0

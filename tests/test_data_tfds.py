@@ -73,7 +73,7 @@ def test_frame_count_must_match_the_processor(videos, data_checkpoint, tmp_path)
 
 def test_existing_dataset_is_kept_unless_overwrite(videos, tmp_path):
     build(videos / "train.json", videos, tmp_path)
-    with pytest.raises(DataError, match="already built here; pass --overwrite \(overwrite=True\)"):
+    with pytest.raises(DataError, match=r"already built here; pass --overwrite \(overwrite=True\)"):
         build(videos / "train.json", videos, tmp_path, video_frames=8)
     assert TfdsSource(tmp_path)[0]["frames"] is None
     build(videos / "train.json", videos, tmp_path, video_frames=8, overwrite=True)

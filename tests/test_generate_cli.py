@@ -16,7 +16,7 @@ from vllava_jax.checkpoint.export import save_hf
 from vllava_jax.processing.conversation import get_template
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     tokenizer_dir = tmp_path_factory.mktemp("tokenizer")
     media.save_tokenizer_checkpoint(tokenizer_dir, image_size=28)

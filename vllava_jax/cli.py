@@ -65,8 +65,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def make_output_dir(path: epath.PathLike, flag: str) -> epath.Path:
-    """Create an output dir (and its parents), or fail naming `flag` when the path cannot be one."""
-    path = epath.Path(path)
+    """Create an output dir (and its parents), or fail naming `flag` when the path cannot be one.
+
+    A local path comes back absolute (Orbax takes only absolute ones); a remote one (gs://) as given.
+    """
+    if "://" in str(path):
+        path = epath.Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    path = epath.Path(os.path.abspath(path))
     blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise UsageError(f"{flag} {path}: {blocker} is a file, not a directory")

@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     from vllava_jax.demo_plot import write_plot
 
     args = parse_args(argv)
-    workdir = epath.Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = cli.make_output_dir(args.workdir, "--workdir")
     spec = ShapesSpec(train_videos=args.train_videos, train_images=args.train_images, eval_videos=args.eval_videos,
                       eval_images=args.eval_images)
     began = time.perf_counter()

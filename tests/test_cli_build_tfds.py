@@ -17,12 +17,12 @@ def argv(annotations, media_root, data_dir, *extra):
     return ["--annotations", annotations, "--media-root", media_root, "--data-dir", data_dir, *extra]
 
 
-def test_wrong_media_root_fails_and_the_corrected_build_succeeds(videos, tmp_path, capsys):  # noqa: F811
+def test_wrong_media_root_fails_and_the_corrected_build_succeeds(videos, tmp_path, capsys, caplog):  # noqa: F811
     result = in_process(build_tfds.main, argv(videos / "train.json", tmp_path / "nope", tmp_path / "out"), capsys)
     assert_user_error(result, 1, "--media-root", str(tmp_path / "nope"))
     assert not (tmp_path / "out").exists()
     result = in_process(build_tfds.main, argv(videos / "train.json", videos, tmp_path / "out"), capsys)
-    assert result.code == 0 and "1 of 4 media" in result.err  # media/nope.mp4: a warning, the rest builds
+    assert result.code == 0 and "1 of 4 media" in caplog.text  # media/nope.mp4: a warning, the rest builds
     assert len(TfdsSource(tmp_path / "out")) == 4
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -95,3 +96,19 @@ def test_ctrl_c_is_one_line_and_the_rerun_completes(tmp_path, hf_dir, capsys, mo
     assert not (tmp_path / "ours").exists()
     monkeypatch.setattr(safetensors_io.SafetensorsReader, "read", read)
     assert in_process(convert.main, ["--src", hf_dir, "--dst", tmp_path / "ours"], capsys).code == 0
+
+
+def test_config_json_edits_are_named(tmp_path, hf_dir, capsys):
+    src = tmp_path / "hf"
+    shutil.copytree(hf_dir, src)
+    original = json.loads((src / "config.json").read_text())
+    edits = [(lambda c: c.pop("image_token_index"), "image_token_index"),
+             (lambda c: c["text_config"].update(hidden_size="96"), "text_config.hidden_size"),
+             (lambda c: c["vision_config"].update(patch_size=1.5), "vision_config.patch_size")]
+    for edit, named in edits:
+        config = json.loads(json.dumps(original))
+        edit(config)
+        (src / "config.json").write_text(json.dumps(config))
+        result = in_process(convert.main, ["--src", src, "--dst", tmp_path / "out"], capsys)
+        assert_user_error(result, 1, str(src / "config.json"), named)
+        assert not (tmp_path / "out").exists()

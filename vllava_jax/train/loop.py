@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import vllava_jax
 from vllava_jax import cli
+from vllava_jax.checkpoint.orbax import absolute
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.errors import ConfigError, VllavaError
 from vllava_jax.eval.cache import write_atomic
@@ -99,9 +100,9 @@ def resolved_config(config: ml_collections.ConfigDict) -> dict:
     """The config as saved with the run: paths absolute, so the run can be exported from anywhere."""
     out = json.loads(config.to_json())
     if out.get("init_checkpoint"):
-        out["init_checkpoint"] = str(epath.Path(out["init_checkpoint"]).resolve())
+        out["init_checkpoint"] = str(absolute(out["init_checkpoint"]))
     if out.get("data", {}).get("tokenizer"):
-        out["data"]["tokenizer"] = str(epath.Path(out["data"]["tokenizer"]).resolve())
+        out["data"]["tokenizer"] = str(absolute(out["data"]["tokenizer"]))
     return out
 
 

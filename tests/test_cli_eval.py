@@ -24,6 +24,7 @@ def test_mistyped_model_interrupt_and_rerun_resume(checkpoint, tmp_path, capsys,
     out = tmp_path / "out"
     result = in_process(main, eval_args(tmp_path / "modle", data, out), capsys, resumable=True)
     assert_user_error(result, 1, "modle")
+    assert not out.exists()  # outputs appear only once the inputs passed
 
     generate, calls = runner.generate_answers, [0]
 

@@ -22,6 +22,7 @@ from etils import epath
 from tqdm import tqdm
 
 from vllava_jax import generation
+from vllava_jax.checkpoint.formats import detect
 from vllava_jax.cli import make_output_dir
 from vllava_jax.errors import VllavaError
 from vllava_jax.eval.cache import JsonlCache, write_atomic, write_jsonl
@@ -158,6 +159,8 @@ def run(config: RunConfig, model=None, processor=None) -> dict:
         samples = samples[: config.limit]
     if not samples:
         raise DataError(f"{config.data}: the {task.name} annotations list no questions")
+    if model is None:
+        detect(config.model)  # a mistyped --model fails here, before --output is created
     out = make_output_dir(config.output, "--output")
     _check_settings(out, config.settings(task))
     cache = JsonlCache(out / "predictions.jsonl")

@@ -7,6 +7,8 @@ CKPT is any directory `load_pretrained` reads (transformers format, the original
 layout, or our converted Orbax checkpoint) that also holds the tokenizer files. The prompt goes
 through a conversation template (default `llava_v1`, the original project's). `--chat` keeps the
 conversation going turn after turn, like the original CLI; an empty line or EOF ends it.
+One `<image>`/`<video>` placeholder per file goes before the first question, unless the prompt
+places them itself.
 """
 
 from __future__ import annotations

@@ -17,10 +17,15 @@ import argparse
 import sys
 import time
 
-from vllava_jax import cli
+import jax
+
+import vllava_jax
+from vllava_jax import cli, generation
 from vllava_jax.errors import InputError
 from vllava_jax.processing.conversation import TEMPLATES, get_template
+from vllava_jax.processing.image import load_image
 from vllava_jax.processing.processor import IMAGE_TOKEN, VIDEO_TOKEN
+from vllava_jax.processing.video import read_frames
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,16 +71,11 @@ def media_placeholders(args: argparse.Namespace, question: str) -> list[str]:
 
 def read_media(processor, args: argparse.Namespace) -> tuple[list, list]:
     """Every --image and --video decoded up front, so a bad file fails before the model loads."""
-    from vllava_jax.processing.image import load_image
-    from vllava_jax.processing.video import read_frames
-
     return [load_image(p) for p in args.image], [read_frames(p, processor.num_frames) for p in args.video]
 
 
 def answer(model, processor, prompt: str, media: tuple[list, list], sampling, key) -> tuple[str, int]:
     """Stream one answer to stdout; returns its text and token count."""
-    from vllava_jax import generation
-
     out = sys.stdout
     images, videos = media
     batch = processor(text=prompt, images=images or None, videos=videos or None)
@@ -100,11 +100,6 @@ def main(argv: list[str] | None = None) -> None:
     """Checks the arguments, the tokenizer files and every medium before the model loads."""
     args = parse_args(argv)
     start = time.perf_counter()
-    import jax
-
-    import vllava_jax
-    from vllava_jax import generation
-
     template = get_template(args.template)
     placeholders = media_placeholders(args, args.prompt or "")
     processor = vllava_jax.Processor.from_pretrained(args.model)

@@ -49,7 +49,8 @@ def main(argv: list[str]) -> None:
     if _DISTRIBUTED.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from vllava_jax.train.data import make_data
-    from vllava_jax.train.loop import build_model_config, check_config, train
+    from vllava_jax.train.loop import build_model_config, train
+    from vllava_jax.train.run_config import check_config
 
     config = _CONFIG.value
     check_config(config)

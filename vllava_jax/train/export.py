@@ -25,7 +25,8 @@ from vllava_jax.checkpoint.export import save_hf
 from vllava_jax.checkpoint.formats import check_destination
 from vllava_jax.checkpoint.orbax import absolute
 from vllava_jax.errors import CheckpointError, ConfigError
-from vllava_jax.train.loop import RUN_CONFIG, RunResult, build_model_config, policy_from_config
+from vllava_jax.train.loop import RunResult, build_model_config, policy_from_config
+from vllava_jax.train.run_config import RUN_CONFIG
 
 
 def trained_model(config: ml_collections.ConfigDict, result: RunResult) -> vllava_jax.VideoLlava:

@@ -9,16 +9,12 @@ Training reads the result with `data.tfds_dirs` (vllava_jax/train/data.py) or
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-from data_pipelines.bad_data import DataError
 from data_pipelines.tfds_builder import build
+from vllava_jax import cli
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_pipelines.build_tfds", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="python -m data_pipelines.build_tfds", description=__doc__)
     p.add_argument("--annotations", required=True, help="JSON or JSONL list of {id, image|video, conversations}")
     p.add_argument("--media-root", required=True, help="dir the annotation's media paths are relative to")
     p.add_argument("--data-dir", required=True, help="output dir (the dataset goes to DATA_DIR/NAME/VERSION)")
@@ -33,15 +29,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        path = build(args.annotations, args.media_root, args.data_dir, video_frames=args.video_frames or None,
-                     examples_per_shard=args.examples_per_shard, overwrite=args.overwrite, workers=args.workers)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    path = build(args.annotations, args.media_root, args.data_dir, video_frames=args.video_frames or None,
+                 examples_per_shard=args.examples_per_shard, overwrite=args.overwrite, workers=args.workers)
     print(f"built {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -5,6 +5,10 @@ with the rest of the pipeline. A batch closes when the next example fits in no r
 exceed the batch's image/video capacity; that example opens the next batch. The iterator state
 is the parent's state *before* that held-over example, so a restored iterator produces exactly
 the batches the original would have produced next.
+
+When `unusable_window` examples in a row are all skipped (wrong media roots, a dataset built
+without its media), the iterator stops with a `DataError` giving the skip counts by reason and the
+first failures, instead of looking for a usable example forever.
 """
 
 from __future__ import annotations
@@ -12,27 +16,44 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from data_pipelines.bad_data import DataError, skip_counts
+from data_pipelines.bad_data import SKIP_REASONS, DataError, skip_counts
 from data_pipelines.batching import BatchSpec, make_batch
 
 
+UNUSABLE_WINDOW = 1000  # consecutive skipped examples after which the data is declared unusable
+SHOWN_FAILURES = 5
+
+
 class PackIterDataset(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, spec: BatchSpec, pack: bool):
+    def __init__(self, parent: grain.IterDataset, spec: BatchSpec, pack: bool,
+                 unusable_window: int = UNUSABLE_WINDOW):
         super().__init__(parent)
-        self.spec, self.pack = spec, pack
+        self.spec, self.pack, self.unusable_window = spec, pack, unusable_window
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _PackIterator(self._parent.__iter__(), self.spec, self.pack)
+        return _PackIterator(self._parent.__iter__(), self.spec, self.pack, self.unusable_window)
 
     def __str__(self) -> str:
         return f"PackIterDataset(pack={self.pack}, {self.spec})"
 
 
 class _PackIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, pack: bool):
+    def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, pack: bool, unusable_window: int):
         super().__init__(parent)
-        self.spec, self.pack = spec, pack
+        self.spec, self.pack, self.unusable_window = spec, pack, unusable_window
         self._held = None  # (example, parent state before it)
+        self._unusable = skip_counts()  # skips since the last usable example
+        self._failures: list[str] = []
+
+    def _count_skip(self, example: dict) -> None:
+        self._unusable += example["skipped"]
+        if len(self._failures) < SHOWN_FAILURES and "skip_detail" in example:
+            self._failures.append(example["skip_detail"])
+        if self._unusable.sum() >= self.unusable_window:
+            reasons = ", ".join(f"{r} {c}" for r, c in zip(SKIP_REASONS, self._unusable) if c)
+            raise DataError(f"the last {self._unusable.sum()} samples in a row were all skipped ({reasons}); "
+                            f"first: {'; '.join(self._failures)}. Check the data's media roots (data.media_roots, "
+                            "or build_tfds --media-root) and the annotations")
 
     def _next_example(self):
         if self._held is not None:
@@ -56,7 +77,9 @@ class _PackIterator(grain.DatasetIterator):
                 raise
             if "skipped" in example:
                 skipped += example["skipped"]
+                self._count_skip(example)
                 continue
+            self._unusable, self._failures = skip_counts(), []
             n = len(example["input_ids"])
             fits_visuals = (images + len(example["images"]) <= spec.image_capacity
                             and videos + len(example["videos"]) <= spec.video_capacity)

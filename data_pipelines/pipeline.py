@@ -11,7 +11,7 @@ import grain
 from absl import flags
 
 from data_pipelines.batching import BatchSpec
-from data_pipelines.packing import PackIterDataset
+from data_pipelines.packing import UNUSABLE_WINDOW, PackIterDataset
 from data_pipelines.transforms import ExampleTransform
 
 
@@ -39,7 +39,10 @@ def make_dataset(
     `read_threads` threads run the example transform up to one batch (`spec.rows` examples) ahead
     of the packing, so that it overlaps a training step (0: in the calling thread, nothing ahead).
     Grain's default, 16 threads and 500 examples, would hold up to 2.4 GB of 8-frame float32 videos
-    per process and oversubscribe cores already given one worker each.
+    per process and oversubscribe cores already given one worker each. When `UNUSABLE_WINDOW`
+    samples in a row are skipped, or twice the sources' size if smaller (epochs are reshuffled, so a
+    source of n samples with one usable can show 2n - 2 skips in a row), iteration stops with a
+    `DataError`.
     """
     shard = shard or grain.sharding.ShardByJaxProcess()
     datasets = [grain.MapDataset.source(s)[shard.shard_index::shard.shard_count].shuffle(seed=seed + i)
@@ -47,7 +50,7 @@ def make_dataset(
     ds = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
     ds = ds.repeat(num_epochs).map(transform).to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=spec.rows if read_threads else 0))
-    ds = PackIterDataset(ds, spec, pack)
+    ds = PackIterDataset(ds, spec, pack, unusable_window=min(UNUSABLE_WINDOW, 2 * sum(len(d) for d in datasets)))
     if num_workers:
         if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app (pytest, notebooks) none are
             flags.FLAGS.mark_as_parsed()

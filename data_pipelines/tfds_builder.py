@@ -69,8 +69,9 @@ def build(annotation_file: epath.PathLike, media_root: epath.PathLike, data_dir:
     """
     target = dataset_dir(data_dir)
     if target.exists() and not overwrite:
-        raise DataError(f"{target}: a dataset is already built here; pass overwrite=True to rebuild it")
+        raise DataError(f"{target}: a dataset is already built here; pass --overwrite (overwrite=True) to rebuild it")
     entries = load_annotations(annotation_file)
+    check_media(entries, epath.Path(media_root), str(annotation_file))
     partial = target.parent / f".{VERSION}.partial"
     if partial.exists():
         shutil.rmtree(partial)
@@ -100,6 +101,20 @@ def build(annotation_file: epath.PathLike, media_root: epath.PathLike, data_dir:
         shutil.rmtree(target)
     partial.rename(target)
     return target
+
+
+def check_media(entries: list[dict[str, Any]], media_root: epath.Path, annotation_file: str) -> None:
+    """Fail when no medium the annotations name is under `media_root` (a wrong --media-root), warn when some are not."""
+    named = [relpath for _, relpath in map(media_of, entries) if relpath]
+    missing = [relpath for relpath in named if not (media_root / relpath).is_file()]
+    if not missing:
+        return
+    first = ", ".join(str(media_root / m) for m in missing[:3])
+    if len(missing) == len(named):
+        raise DataError(f"none of the {len(named)} media {annotation_file} names are under --media-root {media_root} "
+                        f"(first: {first}); check --media-root")
+    log.warning("%d of %d media %s names are missing under %s (first: %s); they are stored empty and skipped in "
+                "training", len(missing), len(named), annotation_file, media_root, first)
 
 
 def _in_order(fn, jobs: Iterable[tuple], workers: int) -> Iterator:

@@ -51,7 +51,7 @@ class ExampleTransform(grain.transforms.Map):
             if element["origin"] not in self._logged:
                 self._logged.add(element["origin"])
                 log.warning("skipping %s (id %s): %s", element["origin"], element["id"], skip)
-            return {"skipped": skip_counts(skip.reason)}
+            return {"skipped": skip_counts(skip.reason), "skip_detail": f"{element['origin']}: {skip}"}
 
     def example(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
         proc, kind = self.processor, element["media_kind"]

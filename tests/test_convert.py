@@ -12,6 +12,7 @@ from transformers import VideoLlavaForConditionalGeneration
 
 import vllava_jax
 from tests import oracle
+from tests.cli_run import assert_user_error, in_process
 from vllava_jax import convert
 from vllava_jax.checkpoint import formats
 from vllava_jax.sharding import make_mesh
@@ -131,8 +132,8 @@ def test_ours_restores_onto_a_mesh(tiny, tmp_path):
 def test_existing_destination_needs_force(tiny, tmp_path, capsys):
     path, _ = tiny
     (tmp_path / "ours").mkdir()
-    assert run("--src", path, "--dst", tmp_path / "ours") == 1
-    assert "exists; pass --force" in capsys.readouterr().err
+    assert_user_error(in_process(convert.main, ["--src", path, "--dst", tmp_path / "ours"], capsys), 1,
+                      "exists; pass --force")
     assert run("--src", path, "--dst", tmp_path / "ours", "--force") == 0
     assert formats.detect(tmp_path / "ours") == "ours"
 

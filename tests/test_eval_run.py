@@ -11,6 +11,7 @@ from PIL import Image
 
 import vllava_jax
 from tests import media
+from tests.cli_run import assert_user_error, in_process
 from tests.test_generate_cli import checkpoint  # noqa: F401  (a fixture, shared rather than copied)
 from vllava_jax.eval import runner
 from vllava_jax.eval.__main__ import main
@@ -194,11 +195,12 @@ def test_mismatched_question_and_answer_files(tmp_path):
 
 
 def test_cli_errors_and_summary(model_dir, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="test_q.json: question file"):
-        main(["--task", "msvd_qa", "--model", str(model_dir), "--data", str(tmp_path), "--output", str(tmp_path / "o")])
+    result = in_process(main, ["--task", "msvd_qa", "--model", model_dir, "--data", tmp_path, "--output",
+                               tmp_path / "o"], capsys)
+    assert_user_error(result, 1, "test_q.json: question file")
     data = write_video_set(tmp_path / "msvd", ["a"], missing=("a",))
     main(["--task", "msvd_qa", "--model", str(model_dir), "--data", str(data), "--output", str(tmp_path / "o2")])
     assert "msvd_qa: accuracy 0.00%" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="other settings"):
-        main(["--task", "msvd_qa", "--model", str(model_dir), "--data", str(data), "--output", str(tmp_path / "o2"),
-              "--max-new-tokens", "5"])
+    result = in_process(main, ["--task", "msvd_qa", "--model", model_dir, "--data", data, "--output", tmp_path / "o2",
+                               "--max-new-tokens", "5"], capsys)
+    assert_user_error(result, 1, "other settings")

@@ -10,12 +10,13 @@ import pytest
 
 import vllava_jax
 from tests import media
+from tests.cli_run import assert_user_error, in_process
 from vllava_jax import generate
 from vllava_jax.checkpoint.export import save_hf
 from vllava_jax.processing.conversation import get_template
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     tokenizer_dir = tmp_path_factory.mktemp("tokenizer")
     media.save_tokenizer_checkpoint(tokenizer_dir, image_size=28)
@@ -55,6 +56,5 @@ def test_chat_keeps_the_conversation(checkpoint, monkeypatch, capsys):
     assert "tokens in" in out.err
 
 
-def test_prompt_is_required_without_chat(checkpoint):
-    with pytest.raises(SystemExit):
-        generate.main(["--model", str(checkpoint[0])])
+def test_prompt_is_required_without_chat(checkpoint, capsys):
+    assert_user_error(in_process(generate.main, ["--model", checkpoint[0]], capsys), 2, "--prompt")

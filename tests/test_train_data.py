@@ -7,6 +7,7 @@ import pytest
 
 from configs import train_tiny
 from data_pipelines import build_tfds
+from tests.cli_run import assert_user_error, in_process
 from tests.test_data_labels import data_checkpoint  # noqa: F401  (fixture)
 from tests.test_data_pipeline import data  # noqa: F401  (fixture)
 from vllava_jax.errors import ConfigError
@@ -41,8 +42,7 @@ def test_tfds_dirs_feed_the_trainer_the_batches_the_json_gives(data, data_checkp
 def test_build_cli_refuses_to_overwrite(data, tmp_path, capsys):  # noqa: F811
     argv = ["--annotations", str(data / "train.json"), "--media-root", str(data), "--data-dir", str(tmp_path)]
     assert build_tfds.main(argv) == 0
-    assert build_tfds.main(argv) == 1
-    assert "already built" in capsys.readouterr().err
+    assert_user_error(in_process(build_tfds.main, argv, capsys), 1, "already built", "--overwrite")
 
 
 def test_data_config_errors_name_the_fields(data, data_checkpoint):  # noqa: F811

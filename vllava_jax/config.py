@@ -132,6 +132,11 @@ class VideoLlavaConfig:
         layer = raw.get("vision_feature_layer", -2)
         text = _text_from_hf(raw.get("text_config") or {}, source)
         video = raw.get("video_vision_config")
+        _check_numbers(raw, cls, source)
+        for key, default in (("image_token_index", 32000), ("video_token_index", 32001)):
+            if key not in raw and key.replace("index", "id") not in raw and default >= text.vocab_size:
+                raise ConfigError(f"{source}: no {key}, and transformers' default {default} is outside "
+                                  f"text_config.vocab_size {text.vocab_size}; set it to the placeholder's token id")
         return cls(
             vision_config=_vision_from_hf(raw.get("vision_config") or {}, source),
             text_config=dataclasses.replace(text, tie_word_embeddings=bool(raw.get("tie_word_embeddings", False))),
@@ -182,10 +187,22 @@ class VideoLlavaConfig:
         return out
 
 
+def _check_numbers(raw: dict[str, Any], cls, where: str) -> None:
+    """A size or rate of the wrong type (`"hidden_size": "96"`) named here, not as a JAX TypeError later."""
+    for f in dataclasses.fields(cls):
+        value = raw.get(f.name)
+        if value is None or f.type not in ("int", "float"):
+            continue
+        kinds = (int,) if f.type == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ConfigError(f"{where}.{f.name} is {value!r}; expected a{'n integer' if f.type == 'int' else ' number'}")
+
+
 def _vision_from_hf(raw: dict[str, Any], source: str) -> VisionConfig:
     mt = raw.get("model_type", "clip_vision_model")
     if mt not in ("clip_vision_model", "clip", "LanguageBindVideo", "LanguageBindImage"):
         raise ConfigError(f"{source}: vision_config.model_type {mt!r} is not a CLIP vision model")
+    _check_numbers(raw, VisionConfig, f"{source}: vision_config")
     names = {f.name for f in dataclasses.fields(VisionConfig)}
     return VisionConfig(**{k: v for k, v in raw.items() if k in names})
 
@@ -222,6 +239,7 @@ def _text_from_hf(raw: dict[str, Any], source: str) -> TextConfig:
         raise ConfigError(f"{source}: text_config.model_type {mt!r} is not 'llama'")
     if raw.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"{source}: text_config.hidden_act {raw['hidden_act']!r}; LLaMA uses 'silu'")
+    _check_numbers(raw, TextConfig, f"{source}: text_config")
     defaults = TextConfig()
     hidden = raw.get("hidden_size", defaults.hidden_size)
     heads = raw.get("num_attention_heads", defaults.num_attention_heads)

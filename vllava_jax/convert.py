@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 
 from tqdm import tqdm
 
+from vllava_jax import cli
 from vllava_jax.checkpoint import export, formats
-from vllava_jax.errors import VllavaError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -30,8 +29,7 @@ def parse_size(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vllava_jax.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m vllava_jax.convert", description=__doc__)
     p.add_argument("--src", required=True,
                    help="checkpoint dir to read: transformers (Video-LLaVA-7B-hf), the original Video-LLaVA-7B "
                         "(safetensors or pytorch_model-*.bin), or ours; the format is detected from config.json")
@@ -53,14 +51,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     start = time.perf_counter()
-    try:
-        source = formats.open_source(args.src)
-        keep_stored = args.to == "hf" and source.format == "ours"
-        dtype = args.dtype or (None if keep_stored else "float32")
-        params = formats.leaves(source, formats.abstract_shapes(source.config), dtype)
-        total = sum(len(leaf.parts) for leaf in params.values())
-        written = [0]
-        bar = tqdm(total=total, unit="tensor", desc=f"{source.format} -> {args.to}")
+    source = formats.open_source(args.src)
+    formats.check_destination(args.dst, args.force, sources=(source.path,))
+    keep_stored = args.to == "hf" and source.format == "ours"
+    dtype = args.dtype or (None if keep_stored else "float32")
+    params = formats.leaves(source, formats.abstract_shapes(source.config), dtype)
+    total = sum(len(leaf.parts) for leaf in params.values())
+    written = [0]
+    with tqdm(total=total, unit="tensor", desc=f"{source.format} -> {args.to}") as bar:
 
         def on_bytes(n: int) -> None:
             written[0] += n
@@ -72,14 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                             force=args.force, on_bytes=on_bytes)
         else:
             formats.write_ours(args.dst, source, params, force=args.force, on_bytes=on_bytes)
-        bar.close()
-    except VllavaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     print(f"wrote {args.dst} ({args.to}): {bar.n} tensors, {written[0] / 1e6:,.1f} MB in "
           f"{time.perf_counter() - start:.1f} s")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, resumable=True)

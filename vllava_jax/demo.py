@@ -31,6 +31,7 @@ import vllava_jax
 from configs import shapes_tiny
 from data_pipelines.shapes import ShapesData, ShapesSpec, generate
 from data_pipelines.shapes_tokenizer import write_tokenizer
+from vllava_jax import cli
 from vllava_jax.checkpoint.export import save_hf
 
 
@@ -99,8 +100,7 @@ def example_answer(model: epath.Path, data: ShapesData) -> tuple[str, str, str, 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vllava_jax.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m vllava_jax.demo", description=__doc__)
     parser.add_argument("--workdir", required=True, help="where data, checkpoints, runs, eval outputs, "
                         "metrics.json and plot.png go (created; a rerun overwrites the data and checkpoints, "
                         "and the trainer resumes finished runs instead of retraining)")
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     from vllava_jax.demo_plot import write_plot
 
     args = parse_args(argv)
-    workdir = epath.Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = cli.make_output_dir(args.workdir, "--workdir")
     spec = ShapesSpec(train_videos=args.train_videos, train_images=args.train_images, eval_videos=args.eval_videos,
                       eval_images=args.eval_images)
     began = time.perf_counter()
@@ -174,4 +173,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, resumable=True)

@@ -15,3 +15,7 @@ class CheckpointError(VllavaError):
 
 class InputError(VllavaError):
     """Model inputs whose shapes or placeholder counts do not fit together."""
+
+
+class UsageError(VllavaError):
+    """A command-line flag that is missing, unknown or out of range (exit code 2)."""

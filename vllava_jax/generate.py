@@ -7,6 +7,8 @@ CKPT is any directory `load_pretrained` reads (transformers format, the original
 layout, or our converted Orbax checkpoint) that also holds the tokenizer files. The prompt goes
 through a conversation template (default `llava_v1`, the original project's). `--chat` keeps the
 conversation going turn after turn, like the original CLI; an empty line or EOF ends it.
+One `<image>`/`<video>` placeholder per file goes before the first question, unless the prompt
+places them itself.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import time
 import jax
 
 import vllava_jax
-from vllava_jax import generation
+from vllava_jax import cli, generation
+from vllava_jax.errors import InputError
 from vllava_jax.processing.conversation import TEMPLATES, get_template
+from vllava_jax.processing.image import load_image
 from vllava_jax.processing.processor import IMAGE_TOKEN, VIDEO_TOKEN
+from vllava_jax.processing.video import read_frames
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vllava_jax.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m vllava_jax.generate", description=__doc__)
     parser.add_argument("--model", required=True, help="checkpoint directory (any format load_pretrained reads)")
     parser.add_argument("--video", action="append", default=[], help="a video file; repeat for several")
     parser.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
@@ -41,13 +45,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.chat and not args.prompt:
         parser.error("--prompt is required unless --chat is given")
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        parser.error(f"--temperature must be 0 (greedy) or positive, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        parser.error(f"--top-k must be 0 (off) or positive, got {args.top_k}")
     return args
 
 
-def answer(model, processor, prompt: str, args, sampling, key) -> tuple[str, int]:
+def media_placeholders(args: argparse.Namespace, question: str) -> list[str]:
+    """The placeholders the CLI puts before the first question: one per --image and --video, unless the
+    question already places them itself (then it must place exactly one per file)."""
+    images, videos = question.count(IMAGE_TOKEN), question.count(VIDEO_TOKEN)
+    if not images and not videos:
+        return [IMAGE_TOKEN] * len(args.image) + [VIDEO_TOKEN] * len(args.video)
+    if images != len(args.image) or videos != len(args.video):
+        raise InputError(f"--prompt places {images} {IMAGE_TOKEN} and {videos} {VIDEO_TOKEN} placeholders but "
+                         f"{len(args.image)} --image and {len(args.video)} --video were given; place one per file, "
+                         "or none and the CLI puts them before the question")
+    return []
+
+
+def read_media(processor, args: argparse.Namespace) -> tuple[list, list]:
+    """Every --image and --video decoded up front, so a bad file fails before the model loads."""
+    return [load_image(p) for p in args.image], [read_frames(p, processor.num_frames) for p in args.video]
+
+
+def answer(model, processor, prompt: str, media: tuple[list, list], sampling, key) -> tuple[str, int]:
     """Stream one answer to stdout; returns its text and token count."""
     out = sys.stdout
-    batch = processor(text=prompt, images=args.image or None, videos=args.video or None)
+    images, videos = media
+    batch = processor(text=prompt, images=images or None, videos=videos or None)
     new_ids: list[int] = []
     shown = ""
     for tokens in generation.stream(model, batch["input_ids"], batch["attention_mask"],
@@ -66,14 +97,16 @@ def answer(model, processor, prompt: str, args, sampling, key) -> tuple[str, int
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Checks the arguments, the tokenizer files and every medium before the model loads."""
     args = parse_args(argv)
     start = time.perf_counter()
-    model = vllava_jax.load_pretrained(args.model, dtype=args.dtype)
+    template = get_template(args.template)
+    placeholders = media_placeholders(args, args.prompt or "")
     processor = vllava_jax.Processor.from_pretrained(args.model)
+    media = read_media(processor, args)
+    model = vllava_jax.load_pretrained(args.model, dtype=args.dtype)
     sampling = generation.sampling_config(model.config, args.max_new_tokens, args.temperature, args.top_k,
                                           args.top_p)
-    template = get_template(args.template)
-    media = [IMAGE_TOKEN] * len(args.image) + [VIDEO_TOKEN] * len(args.video)
     key = jax.random.key(args.seed)
     turns: list[str] = []
     total_tokens, generate_seconds = 0, 0.0
@@ -86,12 +119,23 @@ def main(argv: list[str] | None = None) -> None:
                 question = ""
             if not question:
                 break
+        if not turns and args.chat and args.prompt is None:
+            placeholders = media_placeholders(args, question)
         turns.append(question)
         if args.chat:
             print("ASSISTANT: ", end="", flush=True)
         key, sub = jax.random.split(key)
         began = time.perf_counter()
-        reply, count = answer(model, processor, template.prompt(turns, media), args, sampling, sub)
+        try:
+            reply, count = answer(model, processor, template.prompt(turns, placeholders), media, sampling, sub)
+        except InputError as e:
+            if not args.chat or len(turns) == 1:
+                raise
+            turns.pop()  # the conversation so far stays; only this turn is dropped
+            print(f"\nerror: {e}; this turn was dropped: ask something shorter, or end the chat "
+                  "(an empty line) and start a new one", file=sys.stderr)
+            question = None
+            continue
         generate_seconds += time.perf_counter() - began
         total_tokens += count
         turns.append(reply)
@@ -104,4 +148,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

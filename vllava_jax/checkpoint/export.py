@@ -74,7 +74,8 @@ def write_hf(
     shards = shard_files([int(np.prod(s)) * d.itemsize for _, s, d, _ in tensors], max_shard_bytes)
     n = shards[-1] + 1
     files = ["model.safetensors"] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
-    with staged(directory, force) as tmp:
+    sources = () if side_files_from is None else (side_files_from,)
+    with staged(directory, force, sources) as tmp:
         if side_files_from is not None:  # first: a tokenizer the added tokens clash with fails before any shard
             copy_side_files(epath.Path(side_files_from), tmp)
         if grown is not None:

@@ -107,16 +107,51 @@ def copy_side_files(src: epath.Path, dst: epath.Path) -> list[str]:
     return copied
 
 
+def _is_checkpoint_file(name: str) -> bool:
+    """What a checkpoint dir we write (or transformers writes) holds, and nothing a user keeps beside it."""
+    return (name in ("config.json", PARAMS_DIR, "model.safetensors.index.json", "pytorch_model.bin.index.json")
+            or name in SIDE_FILES or name.endswith((".safetensors", ".bin")))
+
+
+def check_destination(dst: epath.PathLike, force: bool, sources: tuple[epath.PathLike, ...] = ()) -> None:
+    """Refuse a `dst` whose replacement would lose anything but an old checkpoint.
+
+    `force` replaces only an empty dir or one that holds a checkpoint and nothing else, never a file,
+    a dir with other files, nor a source being read (or a dir holding one).
+    """
+    dst = epath.Path(dst)
+    for source in sources:
+        source = epath.Path(source).resolve()
+        if dst.resolve() == source or dst.resolve() in source.parents:
+            raise CheckpointError(f"--dst {dst} is the source checkpoint {source} or holds it; writing there "
+                                  "would delete it: pick another --dst")
+    blocker = next((p for p in dst.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise CheckpointError(f"--dst {dst}: {blocker} is a file, not a directory")
+    if not dst.exists():
+        return
+    if not force:
+        raise CheckpointError(f"{dst} exists; pass --force (force=True) to replace it")
+    if not dst.is_dir():
+        raise CheckpointError(f"--dst {dst} is a file, not a checkpoint dir; --force replaces only a checkpoint dir")
+    entries = [p.name for p in dst.iterdir()]
+    others = sorted(name for name in entries if not _is_checkpoint_file(name))
+    if others or (entries and "config.json" not in entries):
+        held = f"it holds {', '.join(others[:5])}" if others else "it has no config.json"
+        raise CheckpointError(f"--dst {dst} is not a checkpoint dir ({held}); --force replaces only a checkpoint "
+                              "dir: pick another --dst")
+
+
 @contextlib.contextmanager
-def staged(dst: epath.PathLike, force: bool) -> Iterator[epath.Path]:
+def staged(dst: epath.PathLike, force: bool, sources: tuple[epath.PathLike, ...] = ()) -> Iterator[epath.Path]:
     """A fresh dir beside `dst` that becomes `dst` only when the block completes.
 
     A conversion killed half-way leaves only `.<name>.partial` (no config.json, which is written
-    last), never a `dst` that loads as if complete; an existing `dst` is replaced only with `force`.
+    last), never a `dst` that loads as if complete; an existing `dst` is replaced only with `force`,
+    and only when `check_destination` finds it is an old checkpoint, not one of the `sources`.
     """
     dst = epath.Path(dst)
-    if dst.exists() and not force:
-        raise CheckpointError(f"{dst} exists; pass --force (force=True) to replace it")
+    check_destination(dst, force, sources)
     staging = dst.parent / f".{dst.name}.partial"
     if staging.exists():
         shutil.rmtree(staging)
@@ -140,7 +175,7 @@ def abstract_shapes(config: VideoLlavaConfig) -> dict[tuple[str, ...], tuple[int
 def write_ours(dst: epath.PathLike, source: Source, params: dict[tuple[str, ...], orbax.Streamed],
                force: bool = False, on_bytes=lambda n: None) -> epath.Path:
     """Write `params` (from `leaves(source)`) in our format at `dst`: Orbax params, config.json, tokenizer files."""
-    with staged(dst, force) as tmp:
+    with staged(dst, force, sources=(source.path,)) as tmp:
         orbax.save(tmp / PARAMS_DIR, params, on_bytes)
         copy_side_files(source.path, tmp)
         (tmp / "config.json").write_text(json.dumps(source.config.to_hf_dict(), indent=2))

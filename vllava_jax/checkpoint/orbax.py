@@ -73,6 +73,12 @@ class _StreamingHandler(type_handlers.NumpyHandler):
                 self._on_bytes(part.nbytes)
 
 
+def absolute(directory: epath.PathLike) -> epath.Path:
+    """Orbax takes only absolute paths; a user's relative one is made absolute (remote ones already are)."""
+    text = str(directory)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def nest(flat: dict[Path, object]) -> dict:
     tree: dict = {}
     for path, leaf in flat.items():
@@ -98,7 +104,7 @@ def save(directory: epath.PathLike, leaves: dict[Path, Streamed], on_bytes: Call
     # uncompressed: weights barely compress, and zstd would be most of a conversion's CPU time
     handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False)
     with ocp.Checkpointer(handler) as checkpointer:
-        checkpointer.save(epath.Path(directory), args=ocp.args.PyTreeSave(nest(leaves)))
+        checkpointer.save(absolute(directory), args=ocp.args.PyTreeSave(nest(leaves)))
 
 
 def is_stacked(path: Path) -> bool:
@@ -116,14 +122,18 @@ def _saved(directory: epath.Path) -> dict[Path, object]:
     """Each saved leaf's metadata (shape, dtype), by path."""
     with ocp.PyTreeCheckpointer() as checkpointer:
         try:
-            return dict(flatten(checkpointer.metadata(directory).item_metadata.tree))
+            metadata = checkpointer.metadata(absolute(directory)).item_metadata
         except (FileNotFoundError, ValueError) as e:
             raise CheckpointError(f"{directory}: not a readable Orbax checkpoint ({e})") from None
+    if metadata is None:
+        raise CheckpointError(f"{directory}: not a readable Orbax checkpoint (its metadata is missing or unreadable); "
+                              "convert the source again")
+    return dict(flatten(metadata.tree))
 
 
 def restore(directory: epath.PathLike, targets: dict[Path, jax.ShapeDtypeStruct]) -> dict[Path, jax.Array]:
     """Restore every leaf straight onto its target's shape, dtype and sharding; fails listing what differs."""
-    directory = epath.Path(directory)
+    directory = absolute(directory)
     check(directory, {p: tuple(m.shape) for p, m in _saved(directory).items()}, {p: t.shape for p, t in targets.items()})
     restore_args = {p: ocp.ArrayRestoreArgs(dtype=t.dtype, sharding=t.sharding, global_shape=t.shape)
                     for p, t in targets.items()}
@@ -146,8 +156,8 @@ def check(directory: epath.Path, saved: dict[Path, tuple], wanted: dict[Path, tu
 
 def leaves(directory: epath.PathLike) -> dict[Path, Streamed]:
     """A saved checkpoint's leaves, each read slice by slice (a layer at a time) when asked."""
-    directory = epath.Path(directory)
-    base = str(directory) if "://" in str(directory) else "file://" + os.path.abspath(directory)
+    directory = absolute(directory)
+    base = str(directory) if "://" in str(directory) else "file://" + str(directory)
     out = {}
     for path, meta in _saved(directory).items():
         spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": ".".join(path)}}

@@ -57,12 +57,17 @@ class SafetensorsReader:
         self._entries: dict[str, tuple[epath.Path, int, dict]] = {}
         for path in files:
             header, data_start = _read_header(path)
+            data_end = data_start
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
                 if info.get("dtype") not in _DTYPES:
                     raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
                 self._entries[name] = (path, data_start, info)
+                data_end = max(data_end, data_start + info["data_offsets"][1])
+            length = path.stat().length
+            if length < data_end:  # checked up front: a conversion must not fail half-way, in Orbax's threads
+                raise CheckpointError(f"{path}: truncated safetensors file ({length} of {data_end} bytes)")
 
     def keys(self) -> list[str]:
         return list(self._entries)

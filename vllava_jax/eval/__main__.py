@@ -14,17 +14,13 @@ and OPENAI_JUDGE_MODEL from the environment.
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-from vllava_jax.errors import VllavaError
+from vllava_jax import cli
 from vllava_jax.eval.runner import RunConfig, run, summary_line
 from vllava_jax.eval.tasks import registry
 
 
 def parse_args(argv: list[str] | None) -> RunConfig:
-    parser = argparse.ArgumentParser(prog="python -m vllava_jax.eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m vllava_jax.eval", description=__doc__)
     parser.add_argument("--task", required=True, choices=sorted(registry()), help="benchmark to run")
     parser.add_argument("--model", required=True, help="checkpoint dir (any format load_pretrained reads) with "
                         "its tokenizer files")
@@ -53,12 +49,9 @@ def parse_args(argv: list[str] | None) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
-    try:
-        doc = run(config)
-    except VllavaError as e:
-        sys.exit(f"error: {e}")
+    doc = run(config)
     print(summary_line(doc, config.output))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, resumable=True)

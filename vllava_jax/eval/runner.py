@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import re
 import sys
 import time
@@ -21,6 +22,8 @@ from etils import epath
 from tqdm import tqdm
 
 from vllava_jax import generation
+from vllava_jax.checkpoint.formats import detect
+from vllava_jax.cli import make_output_dir
 from vllava_jax.errors import VllavaError
 from vllava_jax.eval.cache import JsonlCache, write_atomic, write_jsonl
 from vllava_jax.eval.report import write_report
@@ -47,7 +50,8 @@ class RunConfig:
 
     def settings(self, task: Task) -> dict:
         """What a cached prediction depends on; a rerun into the same output dir must match it."""
-        return {"task": self.task, "model": self.model, "data": self.data, "dtype": self.dtype,
+        return {"task": self.task, "model": os.path.abspath(self.model), "data": os.path.abspath(self.data),
+                "dtype": self.dtype,
                 "template": task.template, "max_new_tokens": self.max_new_tokens or task.max_new_tokens}
 
 
@@ -89,15 +93,14 @@ def record_of(task: Task, sample: Sample, pred: str, error: str | None) -> dict:
 
 
 def _check_settings(out: epath.Path, settings: dict) -> None:
+    """Refuse to mix predictions of other settings into `out`; run.json is written with the first prediction."""
     path = out / "run.json"
     if path.exists():
         previous = json.loads(path.read_text())
-        if previous != settings:
+        if previous != settings and (out / "predictions.jsonl").exists():
             changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
             raise DataError(f"{out} holds predictions made with other settings {changed} (old, new); use another "
                             "--output or delete that dir")
-    else:
-        write_atomic(path, json.dumps(settings, indent=2))
 
 
 def predict(config: RunConfig, task: Task, samples: list[Sample], cache: JsonlCache, model=None, processor=None):
@@ -108,8 +111,9 @@ def predict(config: RunConfig, task: Task, samples: list[Sample], cache: JsonlCa
     if model is None:
         import vllava_jax
 
-        model = vllava_jax.load_pretrained(config.model, dtype=config.dtype)
         processor = vllava_jax.Processor.from_pretrained(config.model)
+        model = vllava_jax.load_pretrained(config.model, dtype=config.dtype)
+    write_atomic(cache.path.parent / "run.json", json.dumps(config.settings(task), indent=2))
     sampling = generation.sampling_config(model.config, config.max_new_tokens or task.max_new_tokens)
     with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{task.name} generate", unit="q",
               file=sys.stderr, dynamic_ncols=True) as bar:
@@ -153,8 +157,11 @@ def run(config: RunConfig, model=None, processor=None) -> dict:
     samples = task.load(epath.Path(config.data))
     if config.limit is not None:
         samples = samples[: config.limit]
-    out = epath.Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+    if not samples:
+        raise DataError(f"{config.data}: the {task.name} annotations list no questions")
+    if model is None:
+        detect(config.model)  # a mistyped --model fails here, before --output is created
+    out = make_output_dir(config.output, "--output")
     _check_settings(out, config.settings(task))
     cache = JsonlCache(out / "predictions.jsonl")
     predict(config, task, samples, cache, model, processor)

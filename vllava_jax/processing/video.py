@@ -106,12 +106,20 @@ def _sample_file(file, name: str, num_frames: int, rotate: bool) -> np.ndarray:
         with av.open(file) as container:
             if not container.streams.video:
                 raise VideoError(f"{name}: has no video stream")
+            if is_still_image(container.format.name):  # and PyAV 18 crashes later on such frames' side data
+                raise VideoError(f"{name}: is a still image ({container.format.name}), not a video; pass it as an "
+                                 "image")
             frames = _read_sampled(container, num_frames, rotate)
     except av.error.FFmpegError as e:
         raise VideoError(f"{name}: cannot be decoded ({e})") from None
     if frames is None:
         raise VideoError(f"{name}: holds no decodable video frames")
     return frames
+
+
+def is_still_image(demuxer: str) -> bool:
+    """FFmpeg's demuxers of single pictures (png_pipe, jpeg_pipe, ..., image2); animated GIFs are videos."""
+    return demuxer.endswith("_pipe") or demuxer.startswith("image2")
 
 
 def _read_sampled(container, num_frames: int, rotate: bool) -> np.ndarray | None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from vllava_jax import cli
+from vllava_jax.errors import UsageError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file; override keys with --config.key=value")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard events go here")
@@ -20,11 +23,26 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "with --distributed elsewhere: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --distributed elsewhere: processes in the job")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --distributed elsewhere: this process's index")
-flags.mark_flags_as_required(["config", "workdir"])
+PROG = "python -m vllava_jax.train"
 
 
-def main(argv) -> None:
-    del argv
+def parse_flags(argv: list[str]) -> None:
+    """absl's flags, with --help answered (exit 0) and every flag mistake raised as `UsageError`."""
+    if {"-h", "--help", "--helpshort", "--helpfull"} & set(argv):
+        print(f"{__doc__}\nflags:\n{flags.FLAGS.main_module_help()}\n  --debug: on an error, print the traceback "
+              f"too (or set {cli.DEBUG_ENV}=1)")
+        sys.exit(0)
+    try:
+        flags.FLAGS([PROG, *argv])
+    except flags.Error as e:
+        raise UsageError(f"{e} (see {PROG} --help)") from None
+    for name, flag in (("config", _CONFIG), ("workdir", _WORKDIR)):
+        if flag.value is None:
+            raise UsageError(f"--{name} is required (see {PROG} --help)")
+
+
+def main(argv: list[str]) -> None:
+    parse_flags(argv)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     import jax
 
@@ -32,8 +50,10 @@ def main(argv) -> None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from vllava_jax.train.data import make_data
     from vllava_jax.train.loop import build_model_config, train
+    from vllava_jax.train.run_config import check_config
 
     config = _CONFIG.value
+    check_config(config)
     result = train(config, _WORKDIR.value, make_data(config, build_model_config(config)))
     if jax.process_index() == 0:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a (already complete)"
@@ -42,4 +62,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, resumable=True)

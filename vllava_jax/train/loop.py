@@ -26,11 +26,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 import vllava_jax
+from vllava_jax import cli
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.errors import VllavaError
+from vllava_jax.eval.cache import write_atomic
 from vllava_jax.sharding import activation_sharding, logical_to_spec, make_mesh, state_shardings
 from vllava_jax.train import flops, partition
 from vllava_jax.train.optimizer import make_optimizer
+from vllava_jax.train.run_config import RUN_CONFIG, check_config, check_resume, keep_logged_steps, resolved_config
 from vllava_jax.train.step import TrainState, train_step
 
 MODEL_KEYS = ("input_ids", "labels", "attention_mask", "positions", "segment_ids", "pixel_values_images",
@@ -130,8 +133,8 @@ class Logger:
 def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: DataIterator,
           steps: int | None = None) -> RunResult:
     """Run (or resume) `config.total_steps` steps, or stop after `steps` more (tests)."""
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_config(config)
+    workdir = cli.make_output_dir(workdir, "--workdir")
     mesh_config = config.mesh.to_dict()
     devices = jax.devices()[: mesh_config.pop("num_devices", None) or None]
     mesh = make_mesh(**mesh_config, devices=devices)
@@ -154,13 +157,18 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
                                              save_interval_steps=config.checkpoint_every,
                                              enable_async_checkpointing=True),
     )
+    resolved = resolved_config(config)
     if manager.latest_step() is not None:
+        check_resume(workdir, resolved)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         state = restored.state
         data.set_state(restored.data)
 
+    if jax.process_index() == 0:
+        write_atomic(workdir / RUN_CONFIG, json.dumps(resolved, indent=2))
+        keep_logged_steps(workdir / "metrics.jsonl", int(state.step))
     step_fn = None
     losses: list[float] = []
     skipped: list[np.ndarray] = []  # the data pipeline's per-batch counts of skipped samples

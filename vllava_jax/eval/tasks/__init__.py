@@ -68,8 +68,8 @@ def read_jsonl(path: epath.Path, what: str) -> list[dict]:
 
 
 def field(row: dict, key: str, where: str):
-    if not isinstance(row, dict) or key not in row:
-        raise DataError(f"{where}: entry {row!r:.200} has no {key!r}")
+    if not isinstance(row, dict) or row.get(key) is None:
+        raise DataError(f"{where}: entry {row!r:.200} has no {key!r} (missing or null)")
     return row[key]
 
 

@@ -27,6 +27,7 @@ from transformers.utils import is_torchvision_available
 
 import vllava_jax
 from tests import media, oracle
+from tests.cli_run import assert_user_error, in_process
 from tests.test_convert_original import write_original, write_temporal_original
 from tests.test_temporal import FRAMES
 from vllava_jax import convert
@@ -134,8 +135,8 @@ def test_export_refuses_a_tokenizer_that_gives_an_added_id_another_token(exporte
     config = json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())
     config["added_tokens_decoder"] = {str(PAD_ID): {"content": "<extra>", "special": True}}
     (tmp_path / "ours" / "tokenizer_config.json").write_text(json.dumps(config))
-    assert run("--src", tmp_path / "ours", "--dst", tmp_path / "export", "--to", "hf") == 1
-    assert "tokenizer_config.json: has '<pad>' or id 322 with another meaning" in capsys.readouterr().err
+    result = in_process(convert.main, ["--src", tmp_path / "ours", "--dst", tmp_path / "export", "--to", "hf"], capsys)
+    assert_user_error(result, 1, "tokenizer_config.json: has '<pad>' or id 322 with another meaning")
     assert not (tmp_path / "export").exists()
 
 

@@ -26,7 +26,7 @@ def summarize(verdicts: Iterable[dict]) -> dict[str, float | int]:
                 yes += 1
             elif "no" in pred:
                 no += 1
-        except Exception:  # noqa: BLE001 - the original's bare except
+        except Exception:  # the original's bare except
             unscorable += 1
     return {"accuracy": yes / (yes + no) if yes + no else 0.0, "score": score_sum / count if count else 0.0,
             "count": count, "yes": yes, "no": no, "unscorable": unscorable}

@@ -16,7 +16,8 @@ Each benchmark reads its files as published and scores as its official script do
   (`[{image, question, answers: [{answer}]}]`) it also scores locally (`metrics.vizwiz`). Without a
   question file, the questions of `val.json` are asked with LLaVA's VizWiz instructions.
 - GQA: `llava_gqa_testdev_balanced.jsonl` + `testdev_balanced_questions.json` (`{question_id:
-  {answer, ...}}`), exact match after convert_gqa_for_eval.py (`metrics.gqa`).
+  {answer, ...}}`; in DATA or DATA/data, images in `images/` or `data/images/`), exact match after
+  convert_gqa_for_eval.py (`metrics.gqa`).
 """
 
 from __future__ import annotations
@@ -66,10 +67,17 @@ class ShortAnswerTask:
     question_files: tuple[str, ...]
     annotation_files: tuple[str, ...]
     image_folders: tuple[str, ...]
+    test_question_file: str = ""   # the server-scored split's questions: never joined with annotations
     media_kind: str = "image"
     template: str = "vicuna_v1"
     max_new_tokens: int = 128
     open_ended: bool = False
+
+    def annotation_file(self, data: epath.Path, q_file: epath.Path | None) -> epath.Path | None:
+        """The optional annotation file; none for the test questions, even with val annotations beside them."""
+        if q_file is not None and q_file.name == self.test_question_file:
+            return None
+        return optional_file(data, self.annotation_files)
 
     def accuracy(self, pred: str, answer) -> float:
         raise NotImplementedError
@@ -97,7 +105,7 @@ class VQAv2Task(ShortAnswerTask):
 
     def load(self, data: epath.Path) -> list[Sample]:
         q_file = find_file(data, "question file", self.question_files)
-        a_file = optional_file(data, self.annotation_files)
+        a_file = self.annotation_file(data, q_file)
         answers = None
         if a_file is not None:
             doc = read_json(a_file, "annotation file")
@@ -157,13 +165,9 @@ class TextVQATask(ShortAnswerTask):
 
 @dataclasses.dataclass(frozen=True)
 class VizWizTask(ShortAnswerTask):
-    test_question_file: str = "llava_test.jsonl"
-
     def load(self, data: epath.Path) -> list[Sample]:
         q_file = optional_file(data, self.question_files)
-        a_file = optional_file(data, self.annotation_files)
-        if q_file is not None and q_file.name == self.test_question_file:
-            a_file = None  # test questions have no public answers, even with val.json in the same dir
+        a_file = self.annotation_file(data, q_file)
         if q_file is None and a_file is None:
             raise DataError(f"{data}: no question file (looked for {', '.join(self.question_files)}) and no "
                             f"annotation file ({', '.join(self.annotation_files)})")
@@ -219,11 +223,13 @@ class GQATask(ShortAnswerTask):
 
 TASKS = [
     VQAv2Task("vqav2", ("llava_vqav2_mscoco_test-dev2015.jsonl", "llava_vqav2_mscoco_val2014.jsonl", "questions.jsonl"),
-              ("v2_mscoco_val2014_annotations.json", "annotations.json"), ("test2015", "val2014", "images", "")),
+              ("v2_mscoco_val2014_annotations.json", "annotations.json"), ("test2015", "val2014", "images", ""),
+              test_question_file="llava_vqav2_mscoco_test-dev2015.jsonl"),
     TextVQATask("textvqa", ("llava_textvqa_val_v051_ocr.jsonl", "questions.jsonl"),
                 ("TextVQA_0.5.1_val.json", "annotations.json"), ("train_images", "images", "")),
     VizWizTask("vizwiz", ("llava_test.jsonl", "llava_vizwiz_val.jsonl", "questions.jsonl"),
-               ("val.json", "annotations.json"), ("test", "val", "images", "")),
+               ("val.json", "annotations.json"), ("test", "val", "images", ""), test_question_file="llava_test.jsonl"),
     GQATask("gqa", ("llava_gqa_testdev_balanced.jsonl", "questions.jsonl"),
-            ("testdev_balanced_questions.json", "annotations.json"), ("images", "")),
+            ("testdev_balanced_questions.json", "data/testdev_balanced_questions.json", "annotations.json"),
+            ("images", "data/images", "")),
 ]

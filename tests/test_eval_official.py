@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from vllava_jax.eval.__main__ import parse_args
 from vllava_jax.eval.judge import parse_verdict
 from vllava_jax.eval.metrics.textvqa import prompt_question, textvqa_accuracy
 from vllava_jax.eval.metrics.video_qa import summarize
@@ -82,9 +83,9 @@ def test_vizwiz_evaluator(reply, humans, official):
 
 
 def test_vizwiz_submission():
-    assert vizwiz_submission([("VizWiz_test_00000000.jpg", "A Bottle."), ("VizWiz_test_00000001.jpg", "unanswerable")]) \
-        == [{"image": "VizWiz_test_00000000.jpg", "answer": "bottle"},
-            {"image": "VizWiz_test_00000001.jpg", "answer": "unanswerable"}]
+    rows = [("VizWiz_test_00000000.jpg", "A Bottle."), ("VizWiz_test_00000001.jpg", "unanswerable")]
+    assert vizwiz_submission(rows) == [{"image": "VizWiz_test_00000000.jpg", "answer": "bottle"},
+                                       {"image": "VizWiz_test_00000001.jpg", "answer": "unanswerable"}]
 
 
 def test_video_qa_summary_skips_what_the_original_skips():
@@ -185,3 +186,13 @@ def test_pope_llava_questions_paired_with_coco_labels_by_position(tmp_path):
     write(tmp_path / "coco" / "coco_pope_random.json", labels["random"], lines=True)
     with pytest.raises(DataError, match="more random questions than"):
         task.load(tmp_path)
+
+
+@pytest.mark.parametrize("value, ok", [("0/2", (0, 2)), ("1/2", (1, 2)), ("2/2", None), ("a/2", None), ("1", None)])
+def test_shard_flag(value, ok):
+    argv = ["--task", "msvd_qa", "--model", "m", "--data", "d", "--output", "o", "--shard", value]
+    if ok is None:
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+    else:
+        assert parse_args(argv).shard == ok

@@ -147,6 +147,7 @@ def predict(config: RunConfig, task: Task, samples: list[Sample], cache: JsonlCa
     sampling = generation.sampling_config(model.config, config.max_new_tokens or task.max_new_tokens)
     features = FeatureCache(model, fingerprint=f"{processor.num_frames}/{processor.video_transform}/"
                             f"{processor.size}/{processor.crop_size}/{processor.pad_to_square}")
+    answered = 0
     with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{task.name} generate", unit="q",
               file=sys.stderr, dynamic_ncols=True) as bar:
         for start in range(0, len(pending), config.batch_size):
@@ -156,8 +157,9 @@ def predict(config: RunConfig, task: Task, samples: list[Sample], cache: JsonlCa
             answers = dict(zip([s.id for s in ready], generate_answers(
                 model, processor, task, ready, features.batch([keys[s.id] for s in ready]), sampling))) if ready else {}
             cache.add([record_of(task, s, answers.get(s.id, ""), errors.get(s.id)) for s in chunk])
+            answered += len(ready)
             bar.update(len(chunk))
-    return {"tower_runs": features.tower_runs, "reused": features.hits - features.tower_runs}
+    return {"tower_runs": features.tower_runs, "reused": answered - features.tower_runs}
 
 
 def merge_shards(out: epath.Path, samples: list[Sample], cache: JsonlCache, settings: dict) -> None:

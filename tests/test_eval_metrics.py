@@ -10,7 +10,8 @@ from vllava_jax.eval.metrics.gqa import gqa_correct
 from vllava_jax.eval.metrics.pope import answer_is_yes, pope_metrics
 from vllava_jax.eval.metrics.scienceqa import predicted_index, predicted_letter
 from vllava_jax.eval.metrics.video_qa import summarize
-from vllava_jax.eval.metrics.vqa import normalize_answer, vqa_accuracy
+from vllava_jax.eval.metrics.textvqa import textvqa_accuracy
+from vllava_jax.eval.metrics.vqa import evalai_answer
 
 
 @pytest.mark.parametrize("raw, normalized", [
@@ -37,17 +38,17 @@ from vllava_jax.eval.metrics.vqa import normalize_answer, vqa_accuracy
     ("  Red  ", "red"),
 ])
 def test_vqa_normalization(raw, normalized):
-    assert normalize_answer(raw) == normalized
+    assert evalai_answer(raw) == normalized
 
 
-def test_vqa_accuracy_averages_leave_one_out_subsets():
-    assert vqa_accuracy("two", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)   # (3 * 2/3 + 7 * 1) / 10
-    assert vqa_accuracy("dog", ["dog"] + ["cat"] * 9) == pytest.approx(0.3)   # 9 subsets with one match
-    assert vqa_accuracy("dog", ["dog"] * 2 + ["cat"] * 8) == pytest.approx(0.6)
-    assert vqa_accuracy("A dog.", ["dog"] * 10) == 1.0
-    assert vqa_accuracy("ten dollars", ["10 dollars"] * 4 + ["$10"] * 6) == 1.0
-    assert vqa_accuracy("horse", ["dog"] * 10) == 0.0
-    assert vqa_accuracy("", ["dog"] * 10) == 0.0
+def test_textvqa_accuracy_averages_leave_one_out_subsets():
+    assert textvqa_accuracy("two", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)   # (3 * 2/3 + 7 * 1) / 10
+    assert textvqa_accuracy("dog", ["dog"] + ["cat"] * 9) == pytest.approx(0.3)   # 9 subsets with one match
+    assert textvqa_accuracy("dog", ["dog"] * 2 + ["cat"] * 8) == pytest.approx(0.6)
+    assert textvqa_accuracy("A dog.", ["dog"] * 10) == 1.0
+    assert textvqa_accuracy("ten dollars", ["10 dollars"] * 4 + ["$10"] * 6) == 1.0
+    assert textvqa_accuracy("horse", ["dog"] * 10) == 0.0
+    assert textvqa_accuracy("", ["dog"] * 10) == 0.0
 
 
 @pytest.mark.parametrize("text, yes", [

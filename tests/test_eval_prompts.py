@@ -48,10 +48,14 @@ def test_image_qa_prompts(tmp_path):
         "USER: <image>\nWhat is this?\nWhen the provided information is insufficient, respond with 'Unanswerable'."
         f"\n{suffix} ASSISTANT:")
 
-    write(tmp_path / "textvqa/questions.jsonl", [{"question_id": 5, "image": "t.jpg", "text": "what brand?"}],
-          lines=True)
-    write(tmp_path / "textvqa/annotations.json", {"data": [{"question_id": 5, "answers": ["nikon"] * 10}]})
-    assert first_prompt("textvqa", tmp_path / "textvqa") == SYSTEM + f"USER: <image>\nwhat brand?\n{suffix} ASSISTANT:"
+    ocr = "Reference OCR token: Nikon, d40"
+    write(tmp_path / "textvqa/llava_textvqa_val_v051_ocr.jsonl", [
+        {"question_id": "003a8ae2ef43b901", "image": "003a8ae2ef43b901.jpg", "text": f"what brand?\n{ocr}\n{suffix}"}],
+        lines=True)
+    write(tmp_path / "textvqa/TextVQA_0.5.1_val.json", {"data": [
+        {"image_id": "003a8ae2ef43b901", "question": "What brand?", "question_id": 34602, "answers": ["nikon"] * 10}]})
+    assert first_prompt("textvqa", tmp_path / "textvqa") == SYSTEM + (
+        f"USER: <image>\nwhat brand?\n{ocr}\n{suffix} ASSISTANT:")
 
     write(tmp_path / "gqa/questions.jsonl", [{"question_id": "20", "image": "n1.jpg", "text": f"Is it red?\n{suffix}"}],
           lines=True)

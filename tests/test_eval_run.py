@@ -204,3 +204,81 @@ def test_cli_errors_and_summary(model_dir, tmp_path, capsys):
     result = in_process(main, ["--task", "msvd_qa", "--model", model_dir, "--data", data, "--output", tmp_path / "o2",
                                "--max-new-tokens", "5"], capsys)
     assert_user_error(result, 1, "other settings")
+
+
+def write_clip_questions(root, clips, per_clip):
+    """MSVD-style: several questions about each clip."""
+    (root / "videos").mkdir(parents=True)
+    questions, answers = [], []
+    for c, name in enumerate(clips):
+        media.write_clip(root / "videos" / f"{name}.avi", num_frames=10 + c, codec="mpeg4")
+        for q in range(per_clip):
+            qid = f"{name}-{q}"
+            questions.append({"video_name": name, "question": f"what is shown {q}", "question_id": qid})
+            answers.append({"answer": ["dog", "cat"][q % 2], "type": 0, "question_id": qid})
+    (root / "test_q.json").write_text(json.dumps(questions))
+    (root / "test_a.json").write_text(json.dumps(answers))
+    return root
+
+
+def test_towers_run_once_per_video_and_answers_match_the_pixel_path(loaded, tmp_path):
+    model, processor = loaded
+    data = write_clip_questions(tmp_path / "msvd", ["clipa", "clipb"], per_clip=3)
+    doc = run(loaded, task="msvd_qa", data=str(data), output=str(tmp_path / "out"), batch_size=2)
+    assert doc["visual_features"] == {"tower_runs": 2, "reused": 4}
+    preds = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    sampling = vllava_jax.generation.sampling_config(model.config, MAX_NEW)
+    task = runner.registry()["msvd_qa"]
+    for p in preds[:4]:   # each question alone, towers run on its pixels inside prefill
+        sample = next(s for s in task.load(data) if s.id == p["id"])
+        frames = vllava_jax.processing.video.read_frames(sample.media, processor.num_frames)
+        batch = processor(text=[runner.prompt_of(task, sample)], videos=[frames], padding=True)
+        ids = vllava_jax.generation.generate(model, batch["input_ids"], batch["attention_mask"],
+                                             pixel_values_videos=batch["pixel_values_videos"], sampling=sampling)
+        row = ids[0, batch["input_ids"].shape[1]:]
+        stops = np.flatnonzero(np.isin(row, sampling.eos_token_ids))
+        assert processor.decode(row[: stops[0] if stops.size else len(row)], skip_special_tokens=True).strip() == \
+            p["pred"]
+
+
+def test_two_shards_merged_equal_one_run(loaded, tmp_path):
+    data = write_clip_questions(tmp_path / "msvd", ["clipa", "clipb", "clipc"], per_clip=2)
+    whole = run(loaded, task="msvd_qa", data=str(data), output=str(tmp_path / "whole"), batch_size=2)
+    out = tmp_path / "sharded"
+    for index in (1, 0):
+        doc = run(loaded, task="msvd_qa", data=str(data), output=str(out), batch_size=2, shard=(index, 2))
+        assert doc["questions"] == 3 and doc["shard"] == f"{index}/2"
+        if index == 1:
+            with pytest.raises(DataError, match=r"no output from shard\(s\) 0-of-2"):
+                run((None, None), task="msvd_qa", data=str(data), output=str(out), merge=True)
+    assert not (out / "predictions.jsonl").exists()
+    merged = run((None, None), task="msvd_qa", data=str(data), output=str(out), merge=True)  # no model needed
+    assert merged["metrics"] == whole["metrics"] and merged["questions"] == 6
+    for name in ("predictions.jsonl", "judged.jsonl"):
+        assert (out / name).read_text() == (tmp_path / "whole" / name).read_text()
+
+
+def test_merge_refuses_a_lost_question(loaded, tmp_path):
+    data = write_clip_questions(tmp_path / "msvd", ["clipa"], per_clip=2)
+    out = tmp_path / "sharded"
+    for index in (0, 1):
+        run(loaded, task="msvd_qa", data=str(data), output=str(out), shard=(index, 2))
+    shard = out / "shards" / "1-of-2" / "predictions.jsonl"
+    shard.write_text("")                                    # shard 1's only answer lost
+    with pytest.raises(DataError, match=r"1 question\(s\) unanswered"):
+        run((None, None), task="msvd_qa", data=str(data), output=str(out), merge=True)
+
+
+def test_vqav2_test_dev_writes_the_submission(loaded, tmp_path, capsys):
+    data = tmp_path / "vqav2"
+    write_image(data / "test2015" / "COCO_test2015_000000262144.jpg", 4)
+    row = {"question_id": 262144000, "image": "COCO_test2015_000000262144.jpg",
+           "text": "Is the ball flying?\nAnswer the question using a single word or phrase.", "category": "default"}
+    (data / "llava_vqav2_mscoco_test-dev2015.jsonl").write_text(json.dumps(row) + "\n")
+    (data / "llava_vqav2_mscoco_test2015.jsonl").write_text(
+        json.dumps(row) + "\n" + json.dumps(row | {"question_id": 5}) + "\n")
+    doc = run(loaded, task="vqav2", data=str(data), output=str(tmp_path / "out"))
+    upload = json.loads((tmp_path / "out" / "submission.json").read_text())
+    assert [u["question_id"] for u in upload] == [262144000, 5] and upload[1]["answer"] == ""
+    assert doc["metrics"] == {"count": 1, "server_scored": True}
+    assert "server-scored" in runner.summary_line(doc, str(tmp_path / "out"))

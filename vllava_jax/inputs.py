@@ -22,6 +22,12 @@ def _check_pixels(name: str, pixels, ndim: int, channels: int, size: int, layout
                          f"H=W={size}")
 
 
+def _check_features(name: str, features, cfg: VideoLlavaConfig) -> None:
+    if np.shape(features)[1] != cfg.text_config.hidden_size:
+        raise InputError(f"{name} holds projected features of shape {np.shape(features)}; expected (tokens, "
+                         f"{cfg.text_config.hidden_size}) for this decoder")
+
+
 def check_inputs(cfg: VideoLlavaConfig, input_ids, attention_mask, images, videos) -> None:
     """Raise InputError when shapes or placeholder counts do not fit together."""
     if input_ids.ndim != 2:
@@ -36,7 +42,10 @@ def check_inputs(cfg: VideoLlavaConfig, input_ids, attention_mask, images, video
 
     n_image_slots = int((input_ids == cfg.image_token_index).sum())
     n_images, per_image = 0, cfg.image_seq_length
-    if images is not None:
+    if np.ndim(images) == 2:  # projected features (vllava_jax.features): one row per placeholder
+        _check_features("pixel_values_images", images, cfg)
+        n_images, per_image = np.shape(images)[0], 1
+    elif images is not None:
         vc = cfg.vision_config
         _check_pixels("pixel_values_images", images, 4, vc.num_channels, vc.image_size, "(N, C, H, W)")
         n_images = np.shape(images)[0]
@@ -47,7 +56,10 @@ def check_inputs(cfg: VideoLlavaConfig, input_ids, attention_mask, images, video
 
     n_video_slots = int((input_ids == cfg.video_token_index).sum())
     n_videos, per_video = 0, 0
-    if videos is not None:
+    if np.ndim(videos) == 2:
+        _check_features("pixel_values_videos", videos, cfg)
+        n_videos, per_video = np.shape(videos)[0], 1
+    elif videos is not None:
         vc = cfg.video_tower_config
         _check_pixels("pixel_values_videos", videos, 5, vc.num_channels, vc.image_size, "(N, T, C, H, W)")
         n_videos, frames = np.shape(videos)[:2]

@@ -8,8 +8,9 @@ official annotations); pope (coco_pope_{adversarial,popular,random}.json); sqa_i
 (llava_test_CQM-A.json + problems.json). See vllava_jax/eval/tasks/ for each layout.
 
 Writes to OUTPUT: predictions.jsonl (cached per question: rerun the same command to resume),
-judged.jsonl, metrics.json, report.html. The openai judge reads OPENAI_API_KEY, OPENAI_BASE_URL
-and OPENAI_JUDGE_MODEL from the environment.
+judged.jsonl, metrics.json, report.html, and submission.json for the server-scored splits (VQAv2
+test-dev, VizWiz test). `--shard I/N` on N processes, then `--merge`, splits a run. The openai
+judge reads OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_JUDGE_MODEL from the environment.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from __future__ import annotations
 from vllava_jax import cli
 from vllava_jax.eval.runner import RunConfig, run, summary_line
 from vllava_jax.eval.tasks import registry
+
+
+def shard_arg(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return int(index), int(count)
 
 
 def parse_args(argv: list[str] | None) -> RunConfig:
@@ -39,7 +47,13 @@ def parse_args(argv: list[str] | None) -> RunConfig:
                         "script's, 1024 for video QA and ScienceQA, 128 for the other image tasks)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
     parser.add_argument("--report-samples", type=int, default=24, help="questions shown in report.html")
+    parser.add_argument("--shard", type=shard_arg, help="I/N: predict only questions I, I+N, I+2N, ... (0 <= I < N) "
+                        "into OUTPUT/shards/I-of-N, e.g. one process or host each; then --merge")
+    parser.add_argument("--merge", action="store_true", help="gather the predictions of every --shard I/N run in "
+                        "OUTPUT (each question exactly once), then judge, score and report them as one run")
     args = parser.parse_args(argv)
+    if args.shard is not None and args.merge:
+        parser.error("--shard and --merge are separate steps: run each shard, then --merge once")
     for name in ("limit", "batch_size", "judge_tries", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 
 from vllava_jax.errors import VllavaError
-from vllava_jax.eval.metrics.vqa import normalize_answer
+from vllava_jax.eval.metrics.vqa import evalai_answer
 
 SYSTEM_PROMPT = (
     "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for "
@@ -55,22 +55,36 @@ class JudgeError(VllavaError):
     """The judge endpoint is misconfigured or unreachable."""
 
 
+def json_safe(value):
+    """`value` as the verdict cache can store it: a literal JSON cannot hold (bytes, a set, a complex
+    number) becomes `{"unreadable": repr}`, which fails every step of the summary where the original
+    value fails too (`.lower()` or `int()`), so cached and fresh verdicts score alike; a key that is not
+    a string becomes its repr (no rule reads such a key)."""
+    if isinstance(value, dict):
+        return {(k if isinstance(k, str) else repr(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return {"unreadable": repr(value)}
+
+
 def parse_verdict(content: str) -> dict:
-    """The original's parsing: a Python dict literal; anything else raises ValueError."""
+    """The original's parsing: a Python dict literal (made `json_safe`); anything else raises ValueError."""
     try:
         verdict = ast.literal_eval(content.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
         raise ValueError(f"not a Python literal: {e}") from None
     if not isinstance(verdict, dict):
         raise ValueError(f"a {type(verdict).__name__}, not a dict")
-    return verdict
+    return json_safe(verdict)
 
 
 class OfflineJudge:
     name = "offline"
 
     def __call__(self, question: str, answer: str, pred: str) -> dict:
-        truth, guess = normalize_answer(answer), normalize_answer(pred)
+        truth, guess = evalai_answer(answer), evalai_answer(pred)
         match = bool(truth) and (truth == guess or f" {truth} " in f" {guess} ")
         return {"pred": "yes" if match else "no", "score": 5 if match else 0}
 

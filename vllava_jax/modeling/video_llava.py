@@ -66,15 +66,20 @@ class VideoLlavaModel(nnx.Module):
         pixel_values_images: jax.Array | None = None,
         pixel_values_videos: jax.Array | None = None,
     ) -> jax.Array:
-        """Token embeddings with every image/video placeholder replaced by its projected feature."""
+        """Token embeddings with every image/video placeholder replaced by its projected feature.
+
+        A 2-D `pixel_values_*` is taken as features already projected ((tokens, embed), e.g. from
+        `vllava_jax.features.FeatureCache`), so the towers do not run again for a known medium."""
         cfg = self.cfg
         is_image = input_ids == cfg.image_token_index
         is_video = input_ids == cfg.video_token_index
         embeds = self.language_model.embed(jnp.where(is_image | is_video, 0, input_ids))
         if pixel_values_images is not None:
-            embeds = scatter_features(embeds, is_image, self.image_features(pixel_values_images))
+            features = pixel_values_images if pixel_values_images.ndim == 2 else self.image_features(pixel_values_images)
+            embeds = scatter_features(embeds, is_image, features)
         if pixel_values_videos is not None:
-            embeds = scatter_features(embeds, is_video, self.video_features(pixel_values_videos))
+            features = pixel_values_videos if pixel_values_videos.ndim == 2 else self.video_features(pixel_values_videos)
+            embeds = scatter_features(embeds, is_video, features)
         return embeds
 
     def __call__(

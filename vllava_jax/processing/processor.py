@@ -116,9 +116,15 @@ class Processor:
             raise InputError(f"the text has {n_img} {IMAGE_TOKEN} and {n_vid} {VIDEO_TOKEN} placeholders, but "
                              f"{len(images)} images and {len(videos)} videos were given")
         frames = out["pixel_values_videos"].shape[1] if videos else 0
+        return self.tokenize(texts, frames, padding=padding, max_length=max_length, padding_side=padding_side) | out
+
+    def tokenize(self, texts: Sequence[str], frames: int, padding: bool | str = False, max_length: int | None = None,
+                 padding_side: str | None = None) -> dict[str, np.ndarray]:
+        """`input_ids` and `attention_mask` with each placeholder expanded to its feature count (videos of
+        `frames` frames), without media: for prompts whose features are already computed (`vllava_jax.features`)."""
         expanded = [t.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.config.image_seq_length)
                     .replace(VIDEO_TOKEN, VIDEO_TOKEN * self.config.video_seq_length(frames)) for t in texts]
-        return self.tokenizer(expanded, padding=padding, max_length=max_length, padding_side=padding_side) | out
+        return self.tokenizer(expanded, padding=padding, max_length=max_length, padding_side=padding_side)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens)

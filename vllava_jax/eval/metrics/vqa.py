@@ -1,18 +1,19 @@
-"""VQA accuracy as the official evaluation computes it (VQAv2's vqaEval.py; TextVQA's and VizWiz's
-evaluators and LLaVA's `EvalAIAnswerProcessor` use the same tables).
+"""The answer normalization shared by the VQA-style evaluators, and the EvalAI processor.
 
-Both the prediction and each of the ten human answers go through the same normalization
-(lower case, punctuation, number words to digits, articles dropped, contractions restored), then
-a prediction scores min(#other humans who gave it / 3, 1), averaged over the ten leave-one-out
-subsets of the human answers. The quirks of the original are kept on purpose: `PERIOD_STRIP`'s
-`(?!<=\\d)` is a lookahead (so every period not followed by a digit goes), `sub` is given
-`re.UNICODE` as its count (at most 32 periods are removed), and "somebody'd" maps to "somebodyd".
+`EvalAIAnswerProcessor` (LLaVA's m4c_evaluator.py, from MMF): lower case, drop "," and "?", split
+"'s", then `process_punctuation` and `process_digit_article`. GT-Vision-Lab/VQA's vqaEval.py and
+the VizWiz evaluator call the same two steps (`processPunctuation`, `processDigitArticle`) but not
+the first one, and each decides differently which strings go through them (see vqav2.py,
+textvqa.py, vizwiz.py). The tables below are the ones all three files carry (VizWiz's
+contractions differ: vizwiz.py). Quirks kept on purpose: `PERIOD_STRIP`'s `(?!<=\\d)` is a
+lookahead (every period not followed by a digit goes), `sub` is given `re.UNICODE` as its count (at
+most 32 periods are removed), and "somebody'd" maps to "somebodyd".
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -48,46 +49,33 @@ NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", 
                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = ("a", "an", "the")
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+COMMA_STRIP = re.compile(r"(?<=\d)(,)+(?=\d)")  # EvalAI's; vqaEval.py and VizWiz use VQA_COMMA_STRIP
+VQA_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
                "!")
 
 
-def process_punctuation(text: str) -> str:
-    """A mark next to a space (or any text with a digit,digit comma) is deleted, else becomes a space."""
+def process_punctuation(text: str, comma_strip: re.Pattern = COMMA_STRIP) -> str:
+    """A mark next to a space (or any text with a digit,digit comma) is deleted, else becomes a space;
+    then periods not before a digit go."""
     out = text
     for p in PUNCTUATION:
-        if p + " " in text or " " + p in text or COMMA_STRIP.search(text) is not None:
+        if p + " " in text or " " + p in text or comma_strip.search(text) is not None:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
     return PERIOD_STRIP.sub("", out, re.UNICODE)
 
 
-def process_digit_article(text: str) -> str:
+def process_digit_article(text: str, contractions: Mapping[str, str] = CONTRACTIONS) -> str:
+    """Lower case, number words to digits, articles dropped, contractions restored."""
     words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+    return " ".join(contractions.get(w, w) for w in words)
 
 
-def normalize_answer(text: str) -> str:
-    """`EvalAIAnswerProcessor`: lower, drop "," and "?", split "'s", then punctuation, digits, articles."""
+def evalai_answer(text: str) -> str:
+    """`EvalAIAnswerProcessor.__call__`: what LLaVA's submission converters write for a reply."""
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return process_digit_article(process_punctuation(text))
-
-
-def answer_scores(human_answers: Sequence[str]) -> dict[str, float]:
-    """Normalized answer -> its accuracy: min(matches among the other humans / 3, 1), averaged over
-    the leave-one-out subsets."""
-    answers = [normalize_answer(a) for a in human_answers]
-    scores = {}
-    for candidate in set(answers):
-        per_subset = [min(1.0, sum(a == candidate for j, a in enumerate(answers) if j != i) / 3)
-                      for i in range(len(answers))]
-        scores[candidate] = sum(per_subset) / len(per_subset)
-    return scores
-
-
-def vqa_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
-    return answer_scores(human_answers).get(normalize_answer(prediction), 0.0)

@@ -15,6 +15,8 @@ judge reads OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_JUDGE_MODEL from the envi
 
 from __future__ import annotations
 
+import argparse
+
 from vllava_jax import cli
 from vllava_jax.eval.runner import RunConfig, run, summary_line
 from vllava_jax.eval.tasks import registry

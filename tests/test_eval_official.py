@@ -16,6 +16,7 @@ from vllava_jax.eval.metrics.textvqa import prompt_question, textvqa_accuracy
 from vllava_jax.eval.metrics.video_qa import summarize
 from vllava_jax.eval.metrics.vizwiz import vizwiz_accuracy, vizwiz_submission
 from vllava_jax.eval.metrics.vqav2 import vqav2_accuracy, vqav2_submission
+from vllava_jax.errors import UsageError
 from vllava_jax.eval.tasks import DataError, registry
 
 
@@ -192,7 +193,7 @@ def test_pope_llava_questions_paired_with_coco_labels_by_position(tmp_path):
 def test_shard_flag(value, ok):
     argv = ["--task", "msvd_qa", "--model", "m", "--data", "d", "--output", "o", "--shard", value]
     if ok is None:
-        with pytest.raises(SystemExit):
+        with pytest.raises(UsageError, match="--shard"):
             parse_args(argv)
     else:
         assert parse_args(argv).shard == ok

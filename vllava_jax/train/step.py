@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from vllava_jax.modeling import lora
+
 IGNORE = -100
 
 
@@ -79,7 +81,7 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, state: TrainSt
     `param_shardings` (the trainable parameters' placements) pins gradients to them, so XLA never
     keeps a replicated copy of a 7B gradient.
     """
-    grad_fn = jax.value_and_grad(answer_loss, argnums=1, has_aux=True)
+    grad_fn = lora.dropout_at(state.step, jax.value_and_grad(answer_loss, argnums=1, has_aux=True))
 
     def pin(tree):
         return tree if param_shardings is None else jax.lax.with_sharding_constraint(tree, param_shardings)

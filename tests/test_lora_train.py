@@ -1,0 +1,85 @@
+"""LoRA training: only adapters (and the projector, if asked) change; the bfloat16 base stays bit-exact."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+import vllava_jax
+from configs import train_tiny
+from vllava_jax.modeling import lora
+from vllava_jax.train.loop import build_model_config, train
+from vllava_jax.train.synthetic import SyntheticBatches
+
+
+def lora_run_config(train_projector: bool, **lora_overrides):
+    config = train_tiny.get_config()
+    config.max_length = 48
+    config.total_steps = 3
+    config.checkpoint_every = 3
+    config.stage = "lora"
+    config.param_dtype = "bfloat16"
+    config.compute_dtype = "float32"
+    config.learning_rate = 1e-2
+    config.lora = ml_collections.ConfigDict(dict(rank=4, alpha=8.0, dropout=0.1, targets=list(lora.DEFAULT_TARGETS),
+                                                 use_rslora=False, train_projector=train_projector,
+                                                 projector_learning_rate=1e-3, **lora_overrides))
+    return config
+
+
+def flat(state) -> dict[str, np.ndarray]:
+    return {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+
+
+@pytest.mark.parametrize("train_projector", [False, True])
+def test_lora_trains_only_adapters_and_keeps_the_base_bit_exact(tmp_path, train_projector):
+    config = lora_run_config(train_projector)
+    model_config = build_model_config(config)
+    base = flat(vllava_jax.VideoLlava.random(model_config, dtype="bfloat16", seed=config.seed).state)
+    result = train(config, tmp_path, SyntheticBatches(model_config, rows=8, length=48))
+    after = flat(nnx.state(nnx.merge(result.graphdef, result.state.params, result.frozen), nnx.Param))
+    adapter_names = {n for n in after if n.endswith(("/adapter/a", "/adapter/b"))}
+    # q/k/v/o + gate/up/down, each an a and a b
+    assert len(adapter_names) == 14 and all(n.startswith("language_model/layers/") for n in adapter_names)
+    assert set(after) - adapter_names == set(base)
+    for name in adapter_names:
+        assert after[name].dtype == np.float32
+        if name.endswith("/b"):  # b starts at zero: any change is training
+            assert np.abs(after[name]).max() > 0, f"{name} did not train"
+    for name, value in base.items():
+        if train_projector and name.startswith("projector/"):
+            assert after[name].dtype == np.float32
+            assert not np.array_equal(after[name], value.astype(np.float32)), f"{name} did not train"
+        else:
+            assert after[name].dtype == value.dtype == jnp.bfloat16, name
+            assert np.array_equal(after[name].view(np.uint16), value.view(np.uint16)), f"{name} changed"
+    trained = set(flat(result.state.params))
+    expected = adapter_names | ({n for n in base if n.startswith("projector/")} if train_projector else set())
+    assert trained == expected
+    # optimizer moments exist only for the trained parameters: two per parameter, plus scalar counts
+    moment_sizes = sorted(x.size for x in jax.tree.leaves(result.state.opt_state) if x.ndim)
+    assert moment_sizes == sorted(2 * [after[n].size for n in trained])
+
+
+def test_adapter_dropout_is_on_only_inside_the_train_step():
+    config = lora.LoraConfig(rank=2, alpha=4.0, dropout=0.5)
+    model = vllava_jax.VideoLlava.random(build_model_config(lora_run_config(False)), seed=0)
+    module = model.module
+    lora.attach(module, config, model.policy)
+    dense = module.language_model.layers.attn.q
+    adapter = nnx.merge(*nnx.split(dense.adapter))
+    adapter.b.set_value(jnp.ones_like(adapter.b[...]))
+    layer = jax.tree.map(lambda x: x[0], nnx.state(adapter))
+    one = nnx.merge(nnx.graphdef(adapter), layer)
+    x = jnp.ones((3, 5, dense.kernel.shape[1]))
+    plain = one(x)
+    dropped = lora.dropout_at(jnp.int32(7), one)(x)
+    again = lora.dropout_at(jnp.int32(7), one)(x)
+    other_step = lora.dropout_at(jnp.int32(8), one)(x)
+    assert np.array_equal(one(x), plain)  # no dropout outside a step
+    assert not np.allclose(dropped, plain) and np.array_equal(dropped, again)
+    assert not np.array_equal(dropped, other_step)

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--fsdp", type=int, default=8, help="mesh fsdp axis")
     parser.add_argument("--tensor", type=int, default=1, help="mesh tensor axis")
     parser.add_argument("--rows", type=int, default=8, help="global rows per microbatch (one 8-frame video each)")
+    parser.add_argument("--accum", type=int, default=1, help="microbatches per step (gradient accumulation)")
     parser.add_argument("--seq", type=int, default=2048, help="tokens per row")
     parser.add_argument("--stage", default="stage2", choices=["stage1", "stage2", "lora"], help="which groups train")
     parser.add_argument("--remat", default="dots", choices=["none", "dots", "full"],
@@ -88,9 +89,9 @@ def main() -> None:
     opt_state = jax.tree_util.tree_map_with_path(place_moment, opt_shapes)
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trainable, opt_state)
     frames, size = 8, config.video_tower_config.image_size
-    shapes = {"input_ids": (1, args.rows, args.seq), "labels": (1, args.rows, args.seq),
-              "attention_mask": (1, args.rows, args.seq), "positions": (1, args.rows, args.seq),
-              "pixel_values_videos": (1, args.rows, frames, 3, size, size)}
+    lead = (args.accum, args.rows)
+    shapes = {"input_ids": (*lead, args.seq), "labels": (*lead, args.seq), "attention_mask": (*lead, args.seq),
+              "positions": (*lead, args.seq), "pixel_values_videos": (*lead, frames, 3, size, size)}
     shardings = batch_shardings(shapes, mesh)
     dtypes = {"pixel_values_videos": jnp.float32}
     batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32), sharding=shardings[k]) for k, v in shapes.items()}
@@ -108,7 +109,7 @@ def main() -> None:
     masters = "bfloat16 frozen base, float32 trained" if args.stage == "lora" else "float32 master"
     print(f"7B {args.stage}, {params / 1e9:.2f}B params ({trained / 1e6:.0f}M trained; {masters}, bfloat16 "
           f"compute), mesh data={args.data} "
-          f"fsdp={args.fsdp} tensor={args.tensor}, {args.rows} rows x {args.seq} tokens + one 8-frame video per row, "
+          f"fsdp={args.fsdp} tensor={args.tensor}, {args.accum} x {args.rows} rows x {args.seq} tokens + one 8-frame video per row, "
           f"remat={args.remat}; compiled in {seconds:.0f}s on CPU")
     print("| per device | GiB |")
     print("| --- | --- |")

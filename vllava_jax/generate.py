@@ -19,6 +19,7 @@ import jax
 
 import vllava_jax
 from vllava_jax import generation
+from vllava_jax.checkpoint import peft
 from vllava_jax.processing.conversation import TEMPLATES, get_template
 from vllava_jax.processing.processor import IMAGE_TOKEN, VIDEO_TOKEN
 
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (with --temperature)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
+    parser.add_argument("--adapter", metavar="DIR", help="a LoRA adapter dir (PEFT format, as training exports) "
+                        "applied on top of --model without merging")
     args = parser.parse_args(argv)
     if not args.chat and not args.prompt:
         parser.error("--prompt is required unless --chat is given")
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     model = vllava_jax.load_pretrained(args.model, dtype=args.dtype)
+    if args.adapter:
+        model = peft.load_adapter(model, args.adapter)
     processor = vllava_jax.Processor.from_pretrained(args.model)
     sampling = generation.sampling_config(model.config, args.max_new_tokens, args.temperature, args.top_k,
                                           args.top_p)

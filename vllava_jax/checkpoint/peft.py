@@ -214,7 +214,7 @@ def load_adapter(model, directory: epath.PathLike):
         dense.adapter.b.set_value(jnp.asarray(b))
     state = dict(nnx.to_flat_state(nnx.state(module.projector, nnx.Param)))
     for path, value in adapter.projector.items():
-        state[path].set_value(jnp.asarray(value, state[path][...].dtype))
+        state[path].set_value(jnp.asarray(value))  # as trained (float32), whatever the base's dtype
     return VideoLlava(model.config, model.policy, *nnx.split(module))
 
 

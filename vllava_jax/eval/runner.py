@@ -42,13 +42,15 @@ class RunConfig:
     batch_size: int = 1
     max_new_tokens: int | None = None     # None: the original script's value for the task
     dtype: str = "float32"
+    adapter: str | None = None  # a PEFT LoRA adapter dir applied unmerged
     judge_tries: int = 3
     report_samples: int = 24
 
     def settings(self, task: Task) -> dict:
         """What a cached prediction depends on; a rerun into the same output dir must match it."""
+        adapter = {"adapter": self.adapter} if self.adapter else {}  # absent without one: older outputs resume
         return {"task": self.task, "model": self.model, "data": self.data, "dtype": self.dtype,
-                "template": task.template, "max_new_tokens": self.max_new_tokens or task.max_new_tokens}
+                "template": task.template, "max_new_tokens": self.max_new_tokens or task.max_new_tokens} | adapter
 
 
 def prompt_of(task: Task, sample: Sample) -> str:
@@ -109,6 +111,10 @@ def predict(config: RunConfig, task: Task, samples: list[Sample], cache: JsonlCa
         import vllava_jax
 
         model = vllava_jax.load_pretrained(config.model, dtype=config.dtype)
+        if config.adapter:
+            from vllava_jax.checkpoint import peft
+
+            model = peft.load_adapter(model, config.adapter)
         processor = vllava_jax.Processor.from_pretrained(config.model)
     sampling = generation.sampling_config(model.config, config.max_new_tokens or task.max_new_tokens)
     with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{task.name} generate", unit="q",

@@ -6,8 +6,9 @@ ratio 0.03, cosine, no weight decay, bf16, gradient checkpointing; its `train.py
 `lora_dropout` 0.05 and targets every Linear of the LLM but the LM head (q/k/v/o, gate/up/down).
 The base stays frozen in bfloat16 (14 GB for 7B); adapters (and the projector) train in float32.
 Rows are 3,072 tokens (the original's `tokenizer_model_max_length`): one 8-frame video alone is
-2,056. Here one device takes 8 rows x 16 accumulation steps = 128; on N devices divide
-`accum_steps` by N. `init_checkpoint` is stage 1's exported result.
+2,056. Here one device takes 2 rows x 64 accumulation steps = 128 (small microbatches keep a 7B
+step near 30 GiB, README "LoRA fine-tuning"); on N devices divide `accum_steps` by N.
+`init_checkpoint` is stage 1's exported result.
 """
 
 import ml_collections
@@ -25,8 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.remat = "full"  # keep only each layer's input: "dots" would keep ~2 GB per layer at 8 x 3,072
     config.learning_rate = 2e-4
     config.max_length = 3072
-    config.batch_size = 8
-    config.accum_steps = 16
+    config.batch_size = 2
+    config.accum_steps = 64
     config.lora = ml_collections.ConfigDict(dict(
         rank=128, alpha=256.0, dropout=0.05, targets=list(DEFAULT_TARGETS), use_rslora=False,
         train_projector=True, projector_learning_rate=2e-5))

@@ -121,10 +121,7 @@ class LoraAdapter(nnx.Module):
         step = _DROPOUT_STEP.get()
         rate = self.config.dropout
         if rate > 0 and step is not None:
-            # 16 random bits per element, half bernoulli's float32 draw: the masks of an MLP's inputs
-            # are a step's largest dropout buffers
-            bits = jax.random.bits(jax.random.fold_in(jax.random.key(self.salt[...]), step), x.shape, jnp.uint16)
-            keep = bits >= jnp.uint16(round(rate * 65536))
+            keep = jax.random.bernoulli(jax.random.fold_in(jax.random.key(self.salt[...]), step), 1 - rate, x.shape)
             x = jnp.where(keep, x / (1 - rate), 0).astype(x.dtype)
         h = matmul_2d(x.astype(dtype), self.a[...].astype(dtype), self.in_ndim)
         return matmul_2d(h, self.b[...].astype(dtype)) * jnp.asarray(self.config.scaling, dtype)

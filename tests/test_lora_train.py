@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from flax import nnx
 
 import vllava_jax
 from configs import train_tiny
 from vllava_jax.checkpoint import peft
+from vllava_jax.errors import ConfigError
 from vllava_jax.modeling import lora
 from vllava_jax.train.export import export_adapter, trained_model
 from vllava_jax.train import adapters, partition
@@ -104,3 +106,20 @@ def test_adapter_dropout_is_on_only_inside_the_train_step():
     assert np.array_equal(one(x), plain)  # no dropout outside a step
     assert not np.allclose(dropped, plain) and np.array_equal(dropped, again)
     assert not np.array_equal(dropped, other_step)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(rank=0), "config.lora.rank must be at least 1"),
+    (dict(rank=4, dropout=1.0), r"config.lora.dropout must be in \[0, 1\)"),
+    (dict(rank=4, targets=["attn/(q"]), r"config.lora.targets: 'attn/\(q' is not a regex"),
+    (dict(rank=4, alpah=8.0), r"config.lora: unknown key\(s\) \['alpah'\]"),
+])
+def test_bad_lora_settings_name_the_key(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        lora.LoraConfig.from_config(ml_collections.ConfigDict(settings))
+
+
+def test_targets_that_match_nothing_are_refused():
+    model = vllava_jax.VideoLlava.random(build_model_config(lora_run_config(False)), seed=0)
+    with pytest.raises(ConfigError, match=r"LoRA targets \['attn/qq'\] match no dense layer"):
+        lora.attach(model.module, lora.LoraConfig(targets=("attn/qq",)), model.policy)

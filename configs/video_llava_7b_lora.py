@@ -28,7 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_length = 3072
     config.batch_size = 2
     config.accum_steps = 64
-    config.lora = ml_collections.ConfigDict(dict(
-        rank=128, alpha=256.0, dropout=0.05, targets=list(DEFAULT_TARGETS), use_rslora=False,
-        train_projector=True, projector_learning_rate=2e-5))
+    config.lora.update(rank=128, alpha=256.0, dropout=0.05, targets=list(DEFAULT_TARGETS), use_rslora=False,
+                       train_projector=True, projector_learning_rate=2e-5)
     return config

@@ -57,10 +57,11 @@ class Adapter:
 
 def _dense_modules(cfg: VideoLlavaConfig) -> dict[str, tuple[hf.Entry, tuple[str, ...]]]:
     """Our dense path ("language_model/layers/attn/q") -> its kernel's name-map entry and transformers
-    module name per layer ("model.language_model.layers.0.self_attn.q_proj")."""
+    module name per layer ("model.language_model.layers.0.self_attn.q_proj"). The decoder's and the
+    projector's only: the towers' canonical names drop the `vision_model.` that transformers keeps."""
     out = {}
     for entry in hf.name_map(cfg):
-        if entry.ours[-1] == "kernel":
+        if entry.ours[-1] == "kernel" and entry.ours[0] in ("language_model", "projector"):
             out["/".join(entry.ours[:-1])] = (entry, tuple("model." + n.removesuffix(".weight") for n in entry.torch))
     return out
 
@@ -88,7 +89,8 @@ def save_peft(module: nnx.Module, config: VideoLlavaConfig, directory: epath.Pat
     tensors, names = [], []
     for path, dense in found:
         if path not in modules:
-            raise CheckpointError(f"{path} has no transformers module name; PEFT cannot hold its adapter")
+            raise CheckpointError(f"{path}: only the decoder's and the projector's adapters are written in PEFT's "
+                                  "format")
         a, b = (np.asarray(x[...], np.float32) for x in (dense.adapter.a, dense.adapter.b))
         rank = a.shape[-1]
         entry, module_names = modules[path]

@@ -108,9 +108,8 @@ def main() -> None:
     trained = sum(x.size for x in jax.tree.leaves(trainable))
     masters = "bfloat16 frozen base, float32 trained" if args.stage == "lora" else "float32 master"
     print(f"7B {args.stage}, {params / 1e9:.2f}B params ({trained / 1e6:.0f}M trained; {masters}, bfloat16 "
-          f"compute), mesh data={args.data} "
-          f"fsdp={args.fsdp} tensor={args.tensor}, {args.accum} x {args.rows} rows x {args.seq} tokens + one 8-frame video per row, "
-          f"remat={args.remat}; compiled in {seconds:.0f}s on CPU")
+          f"compute), mesh data={args.data} fsdp={args.fsdp} tensor={args.tensor}, {args.accum} x {args.rows} rows "
+          f"x {args.seq} tokens + one 8-frame video per row, remat={args.remat}; compiled in {seconds:.0f}s on CPU")
     print("| per device | GiB |")
     print("| --- | --- |")
     rows = [("arguments (params, optimizer state, batch)", memory.argument_size_in_bytes),

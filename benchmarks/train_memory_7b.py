@@ -1,11 +1,14 @@
 """Per-device memory of the real 7B stage-2 train step, compiled ahead of time on abstract inputs.
 
-    python -m benchmarks.train_memory_7b [--devices 8] [--fsdp 8] [--rows 8] [--seq 2048] [--remat]
+    python -m benchmarks.train_memory_7b [--devices 8] [--fsdp 8] [--rows 8] [--seq 2048] [--remat dots]
+    python -m benchmarks.train_memory_7b --stage lora --devices 1 --fsdp 1 --seq 3072 --remat full
 
 No weight is materialized: the model, optimizer state and batch are `jax.ShapeDtypeStruct`s carrying
 their shardings over a simulated CPU mesh; XLA compiles the step and reports the buffers one device
 needs (arguments, outputs, temporaries). That is the number to pick a TPU/GPU slice by. CPU
 compilation stands in for the accelerator's: layouts and fusion differ somewhat, so leave headroom.
+`--stage lora` takes `configs/video_llava_7b_lora.py`'s settings: bfloat16 frozen base, float32
+adapters (rank 128 on q/k/v/o/gate/up/down) and projector, dropout, the projector's own rate.
 """
 
 from __future__ import annotations
@@ -24,50 +27,71 @@ def main() -> None:
     parser.add_argument("--fsdp", type=int, default=8, help="mesh fsdp axis")
     parser.add_argument("--tensor", type=int, default=1, help="mesh tensor axis")
     parser.add_argument("--rows", type=int, default=8, help="global rows per microbatch (one 8-frame video each)")
+    parser.add_argument("--accum", type=int, default=1, help="microbatches per step (gradient accumulation)")
     parser.add_argument("--seq", type=int, default=2048, help="tokens per row")
-    parser.add_argument("--stage", default="stage2", choices=["stage1", "stage2"], help="which groups train")
-    parser.add_argument("--remat", action=argparse.BooleanOptionalAction, default=True, help="rematerialize layers")
+    parser.add_argument("--stage", default="stage2", choices=["stage1", "stage2", "lora"], help="which groups train")
+    parser.add_argument("--remat", default="dots", choices=["none", "dots", "full"],
+                        help="what rematerialized layers keep (vllava_jax.modeling.layers.REMAT_POLICIES)")
     args = parser.parse_args()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from configs import video_llava_7b
+    from configs import video_llava_7b, video_llava_7b_lora
     from vllava_jax.config import DTypePolicy, VideoLlavaConfig
     from vllava_jax.modeling.video_llava import VideoLlavaModel
     from vllava_jax.sharding import activation_sharding, make_mesh, state_shardings
-    from vllava_jax.train import partition
+    from vllava_jax.train import adapters, partition
     from vllava_jax.train.loop import batch_shardings
     from vllava_jax.train.optimizer import make_optimizer
     from vllava_jax.train.step import TrainState, train_step
 
     config = VideoLlavaConfig.from_hf_dict(video_llava_7b.get_config().model.to_dict())
-    policy = DTypePolicy(jnp.float32, jnp.bfloat16, "default")
+    train_config = video_llava_7b_lora.get_config()
+    train_config.stage = args.stage
+    policy = DTypePolicy(jnp.bfloat16 if args.stage == "lora" else jnp.float32, jnp.bfloat16, "default")
     mesh = make_mesh(args.data, args.fsdp, args.tensor)
-    abstract = nnx.eval_shape(lambda: VideoLlavaModel(config, policy, nnx.Rngs(0), args.remat))
-    graphdef, trainable, frozen = partition.split_trainable(abstract, partition.STAGES[args.stage])
+
+    def build():
+        module = VideoLlavaModel(config, policy, nnx.Rngs(0), args.remat)
+        if args.stage == "lora":
+            adapters.add_adapters(module, train_config, policy)
+        return module
+
+    abstract = nnx.eval_shape(build)
+    graphdef, trainable, frozen = partition.split_trainable(abstract, partition.trainable_patterns(train_config))
 
     def placed(state):
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
                             state_shardings(state, mesh))
 
     trainable, frozen = placed(trainable), placed(frozen)
-    optimizer, _ = make_optimizer(2e-5, 1000)
+    optimizer, _ = make_optimizer(train_config.learning_rate, 1000,
+                                  group_lrs=adapters.group_learning_rates(train_config))
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shapes = jax.eval_shape(optimizer.init, trainable)
-    opt_state = optax.tree_map_params(
-        optimizer, lambda p, like: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=like.sharding), opt_shapes,
-        trainable, transform_non_params=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated))
+
+    def names(key_path) -> tuple:
+        return tuple(k.key for k in key_path if isinstance(k, jax.tree_util.DictKey))
+
+    param_shardings = {names(p): x.sharding for p, x in jax.tree_util.tree_flatten_with_path(trainable)[0]}
+
+    def place_moment(key_path, x):
+        """A moment sits like the parameter whose path ends its own (param groups nest them under a label)."""
+        path = names(key_path)
+        found = [param_shardings[path[i:]] for i in range(len(path)) if path[i:] in param_shardings]
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=found[0] if found and x.ndim else replicated)
+
+    opt_state = jax.tree_util.tree_map_with_path(place_moment, opt_shapes)
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trainable, opt_state)
     frames, size = 8, config.video_tower_config.image_size
-    shapes = {"input_ids": (1, args.rows, args.seq), "labels": (1, args.rows, args.seq),
-              "attention_mask": (1, args.rows, args.seq), "positions": (1, args.rows, args.seq),
-              "pixel_values_videos": (1, args.rows, frames, 3, size, size)}
+    lead = (args.accum, args.rows)
+    shapes = {"input_ids": (*lead, args.seq), "labels": (*lead, args.seq), "attention_mask": (*lead, args.seq),
+              "positions": (*lead, args.seq), "pixel_values_videos": (*lead, frames, 3, size, size)}
     shardings = batch_shardings(shapes, mesh)
     dtypes = {"pixel_values_videos": jnp.float32}
     batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32), sharding=shardings[k]) for k, v in shapes.items()}
@@ -81,9 +105,11 @@ def main() -> None:
     memory = compiled.memory_analysis()
     gib = 1024 ** 3
     params = sum(x.size for x in jax.tree.leaves(trainable)) + sum(x.size for x in jax.tree.leaves(frozen))
-    print(f"7B {args.stage}, {params / 1e9:.2f}B params (float32 master, bfloat16 compute), mesh data={args.data} "
-          f"fsdp={args.fsdp} tensor={args.tensor}, {args.rows} rows x {args.seq} tokens + one 8-frame video per row, "
-          f"remat={args.remat}; compiled in {seconds:.0f}s on CPU")
+    trained = sum(x.size for x in jax.tree.leaves(trainable))
+    masters = "bfloat16 frozen base, float32 trained" if args.stage == "lora" else "float32 master"
+    print(f"7B {args.stage}, {params / 1e9:.2f}B params ({trained / 1e6:.0f}M trained; {masters}, bfloat16 "
+          f"compute), mesh data={args.data} fsdp={args.fsdp} tensor={args.tensor}, {args.accum} x {args.rows} rows "
+          f"x {args.seq} tokens + one 8-frame video per row, remat={args.remat}; compiled in {seconds:.0f}s on CPU")
     print("| per device | GiB |")
     print("| --- | --- |")
     rows = [("arguments (params, optimizer state, batch)", memory.argument_size_in_bytes),

@@ -3,6 +3,7 @@
 import ml_collections
 
 from configs import tiny_random
+from vllava_jax.modeling.lora import DEFAULT_TARGETS
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -10,7 +11,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = tiny_random.get_config().model
     config.init_checkpoint = ""  # a converted checkpoint dir; empty = random init from `model`
     config.seed = 0
-    config.stage = "stage2"  # stage1: projector only; stage2: projector + LLM; towers always frozen
+    config.stage = "stage2"  # stage1: projector only; stage2: projector + LLM; lora: adapters; towers always frozen
+    # with stage "lora" (README "LoRA fine-tuning"); projector_learning_rate None: learning_rate
+    config.lora = ml_collections.ConfigDict(dict(
+        rank=8, alpha=16.0, dropout=0.05, targets=list(DEFAULT_TARGETS), use_rslora=False, train_projector=False,
+        projector_learning_rate=ml_collections.FieldReference(None, field_type=float)))
     config.param_dtype = "float32"  # master weights
     config.compute_dtype = "float32"
     config.remat = False

@@ -2,6 +2,7 @@
 
     python -m vllava_jax.convert --src Video-LLaVA-7B-hf --dst ckpt/7b [--dtype bfloat16] [--force]
     python -m vllava_jax.convert --src ckpt/7b --dst export/7b-hf --to hf [--max-shard-size 5GB]
+    python -m vllava_jax.convert --src ckpt/7b --dst ckpt/7b-tuned --merge-adapter run/adapter
 
 Tensors stream one at a time (memory-mapped reads, one stacked layer per write), so memory stays
 near the largest tensor whatever the model's size.
@@ -16,7 +17,7 @@ import time
 from tqdm import tqdm
 
 from vllava_jax import cli
-from vllava_jax.checkpoint import export, formats
+from vllava_jax.checkpoint import export, formats, peft
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -44,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-temporal", action="store_true",
                    help="with --to hf: export a model whose video tower has LanguageBind temporal attention "
                         "without those weights (transformers has no place for them; video outputs change)")
+    p.add_argument("--merge-adapter", metavar="DIR",
+                   help="a LoRA adapter dir (PEFT's adapter_model.safetensors + adapter_config.json, as training "
+                        "exports) to fold into the weights (and its projector, if saved) before writing")
     p.add_argument("--force", action="store_true", help="replace --dst if it exists")
     return p
 
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_stored = args.to == "hf" and source.format == "ours"
     dtype = args.dtype or (None if keep_stored else "float32")
     params = formats.leaves(source, formats.abstract_shapes(source.config), dtype)
+    if args.merge_adapter:
+        params = peft.merged_leaves(params, args.merge_adapter, source.config)
     total = sum(len(leaf.parts) for leaf in params.values())
     written = [0]
     with tqdm(total=total, unit="tensor", desc=f"{source.format} -> {args.to}") as bar:

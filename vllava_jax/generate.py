@@ -21,6 +21,7 @@ import jax
 
 import vllava_jax
 from vllava_jax import cli, generation
+from vllava_jax.checkpoint import peft
 from vllava_jax.errors import InputError
 from vllava_jax.processing.conversation import TEMPLATES, get_template
 from vllava_jax.processing.image import load_image
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (with --temperature)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
+    parser.add_argument("--adapter", metavar="DIR", help="a LoRA adapter dir (PEFT format, as training exports) "
+                        "applied on top of --model without merging")
     args = parser.parse_args(argv)
     if not args.chat and not args.prompt:
         parser.error("--prompt is required unless --chat is given")
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     processor = vllava_jax.Processor.from_pretrained(args.model)
     media = read_media(processor, args)
     model = vllava_jax.load_pretrained(args.model, dtype=args.dtype)
+    if args.adapter:
+        model = peft.load_adapter(model, args.adapter)
     sampling = generation.sampling_config(model.config, args.max_new_tokens, args.temperature, args.top_k,
                                           args.top_p)
     key = jax.random.key(args.seed)

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> RunConfig:
     parser.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the original "
                         "script's, 1024 for video QA and ScienceQA, 128 for the other image tasks)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
+    parser.add_argument("--adapter", help="a LoRA adapter dir (PEFT format, as training exports) applied on top of "
+                        "--model without merging")
     parser.add_argument("--report-samples", type=int, default=24, help="questions shown in report.html")
     parser.add_argument("--shard", type=shard_arg, help="I/N: predict only questions I, I+N, I+2N, ... (0 <= I < N) "
                         "into OUTPUT/shards/I-of-N, e.g. one process or host each; then --merge")

@@ -51,6 +51,7 @@ class RunConfig:
     batch_size: int = 1
     max_new_tokens: int | None = None     # None: the original script's value for the task
     dtype: str = "float32"
+    adapter: str | None = None  # a PEFT LoRA adapter dir applied unmerged
     judge_tries: int = 3
     report_samples: int = 24
     shard: tuple[int, int] | None = None   # (index, count): predict only every count-th question from index
@@ -58,9 +59,10 @@ class RunConfig:
 
     def settings(self, task: Task) -> dict:
         """What a cached prediction depends on; a rerun into the same output dir must match it."""
+        adapter = {"adapter": os.path.abspath(self.adapter)} if self.adapter else {}  # absent without one: older outputs resume
         return {"task": self.task, "model": os.path.abspath(self.model), "data": os.path.abspath(self.data),
                 "dtype": self.dtype,
-                "template": task.template, "max_new_tokens": self.max_new_tokens or task.max_new_tokens}
+                "template": task.template, "max_new_tokens": self.max_new_tokens or task.max_new_tokens} | adapter
 
 
 def prompt_of(task: Task, sample: Sample) -> str:
@@ -147,6 +149,10 @@ def predict(config: RunConfig, task: Task, samples: list[Sample], cache: JsonlCa
 
         processor = vllava_jax.Processor.from_pretrained(config.model)
         model = vllava_jax.load_pretrained(config.model, dtype=config.dtype)
+        if config.adapter:
+            from vllava_jax.checkpoint import peft
+
+            model = peft.load_adapter(model, config.adapter)
     write_atomic(cache.path.parent / "run.json", json.dumps(config.settings(task), indent=2))
     sampling = generation.sampling_config(model.config, config.max_new_tokens or task.max_new_tokens)
     features = FeatureCache(model, fingerprint=f"{processor.num_frames}/{processor.video_transform}/"

@@ -45,7 +45,10 @@ def matmul_2d(x: jax.Array, kernel: jax.Array, in_ndim: int = 1) -> jax.Array:
 
 
 class Dense(nnx.Module):
-    """y = x @ kernel + bias, where kernel's input and output dims may each be split (e.g. into heads)."""
+    """y = x @ kernel + bias, where kernel's input and output dims may each be split (e.g. into heads).
+
+    `adapter`, when set (`modeling.lora.attach`), adds its low-rank update to the output.
+    """
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class Dense(nnx.Module):
         self.policy = policy
         self.kernel = param(rngs, (*in_shape, *out_shape), (*in_axes, *out_axes), policy.param_dtype)
         self.bias = param(rngs, tuple(out_shape), tuple(out_axes), policy.param_dtype, "zeros") if use_bias else None
+        self.adapter = nnx.data(None)  # a `lora.LoraAdapter` once attached
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.policy.compute_dtype
@@ -69,6 +73,8 @@ class Dense(nnx.Module):
         y = matmul_2d(x.astype(dtype), kernel, self.in_ndim)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
+        if self.adapter is not None:
+            y = y + self.adapter(x)
         return y
 
 

@@ -1,8 +1,9 @@
 """Train Video-LLaVA: `python -m vllava_jax.train --config configs/NAME.py --workdir DIR [--config.key=value]`.
 
 Stage 1 trains the projector, stage 2 the projector and the LLM (`config.stage`); the towers stay
-frozen. The run resumes from the latest complete checkpoint in DIR. Multi-host jobs (TPU pod
-slices, several GPU hosts) start the same command on every host; `--distributed` calls
+frozen. Stage `lora` trains LoRA adapters (and the projector if asked) and writes them to
+DIR/adapter in PEFT's format at the end. The run resumes from the latest complete checkpoint in
+DIR. Multi-host jobs (TPU pod slices, several GPU hosts) start the same command on every host; `--distributed` calls
 `jax.distributed.initialize()` first, which finds the coordinator from the environment.
 """
 
@@ -55,6 +56,10 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     check_config(config)
     result = train(config, _WORKDIR.value, make_data(config, build_model_config(config)))
+    if config.stage == "lora" and jax.process_index() == 0:
+        from vllava_jax.train.export import export_adapter
+
+        print(f"adapter (PEFT format): {export_adapter(config, result, f'{_WORKDIR.value}/adapter')}", file=sys.stderr)
     if jax.process_index() == 0:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a (already complete)"
         print(f"{config.stage}: step {int(result.state.step)}/{config.total_steps}, last loss {last}, "

@@ -7,7 +7,8 @@ hold only the trainable ones and the optimizer state; the frozen ones come from 
 `init_checkpoint` (or its seeded random init), recorded with the resolved config in
 `DIR/train_config.json`. Export merges them back into one `VideoLlava` and writes the transformers
 layout plus the tokenizer files, so the next stage (`init_checkpoint`) and the CLIs take it like any
-released checkpoint.
+released checkpoint. A LoRA run's
+adapters are folded into that export, or written alone in PEFT's format (`export_adapter`).
 """
 
 from __future__ import annotations
@@ -21,23 +22,37 @@ from flax import nnx
 
 import vllava_jax
 from vllava_jax import cli
+from vllava_jax.checkpoint import peft
 from vllava_jax.checkpoint.export import save_hf
 from vllava_jax.checkpoint.formats import check_destination
 from vllava_jax.checkpoint.orbax import absolute
 from vllava_jax.errors import CheckpointError, ConfigError
+from vllava_jax.modeling import lora
 from vllava_jax.train.loop import RunResult, build_model_config, policy_from_config
 from vllava_jax.train.run_config import RUN_CONFIG
 
 
 def trained_model(config: ml_collections.ConfigDict, result: RunResult) -> vllava_jax.VideoLlava:
+    """The run's model; a LoRA run's adapters stay attached, unmerged."""
     module = nnx.merge(result.graphdef, result.state.params, result.frozen)
     return vllava_jax.VideoLlava(build_model_config(config), policy_from_config(config), *nnx.split(module))
 
 
 def export_run(config: ml_collections.ConfigDict, result: RunResult, directory: epath.PathLike,
                tokenizer_dir: epath.PathLike | None, overwrite: bool = True) -> epath.Path:
-    """Write the run's final parameters to `directory` (transformers layout) with `tokenizer_dir`'s files."""
-    return save_hf(trained_model(config, result), directory, overwrite=overwrite, side_files_from=tokenizer_dir)
+    """Write the run's final parameters to `directory` (transformers layout; adapters merged) with
+    `tokenizer_dir`'s files."""
+    module = trained_model(config, result).module
+    lora.merge(module)
+    model = vllava_jax.VideoLlava(build_model_config(config), policy_from_config(config), *nnx.split(module))
+    return save_hf(model, directory, overwrite=overwrite, side_files_from=tokenizer_dir)
+
+
+def export_adapter(config: ml_collections.ConfigDict, result: RunResult, directory: epath.PathLike,
+                   overwrite: bool = True) -> epath.Path:
+    """Write a LoRA run's adapters (and its projector, if it trained) as a PEFT adapter dir."""
+    return peft.save_peft(trained_model(config, result).module, build_model_config(config), directory,
+                          include_projector=bool(config.lora.get("train_projector", False)), force=overwrite)
 
 
 def run_config(workdir: epath.Path) -> ml_collections.ConfigDict:
@@ -52,7 +67,7 @@ def restore_run(config: ml_collections.ConfigDict, workdir: epath.Path, step: in
     """The run's parameters at `step` (default: its latest checkpoint), on this host's first device."""
     import orbax.checkpoint as ocp
 
-    from vllava_jax.train import partition
+    from vllava_jax.train import adapters, partition
     from vllava_jax.train.loop import build_model
     from vllava_jax.train.optimizer import make_optimizer
     from vllava_jax.train.step import TrainState
@@ -65,9 +80,10 @@ def restore_run(config: ml_collections.ConfigDict, workdir: epath.Path, step: in
             raise CheckpointError(f"--step {step}: {workdir / 'checkpoints'} holds steps {steps}")
         step = steps[-1] if step is None else step
         model = build_model(config, mesh=None)
-        graphdef, trainable, frozen = partition.split_trainable(model.module, partition.STAGES[config.stage])
+        graphdef, trainable, frozen = partition.split_trainable(model.module, partition.trainable_patterns(config))
         optimizer, _ = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
-                                      config.weight_decay, config.max_grad_norm)
+                                      config.weight_decay, config.max_grad_norm,
+                                      group_lrs=adapters.group_learning_rates(config))
         abstract = jax.eval_shape(lambda: TrainState(jax.numpy.int32(0), trainable, optimizer.init(trainable)))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)

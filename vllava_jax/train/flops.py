@@ -37,8 +37,9 @@ def train_flops_per_token(config: VideoLlavaConfig, stage: str, seq_len: int = 2
 
 def _llm_factor(stage: str) -> int:
     """FLOPs per decoder parameter per token: forward + input and weight gradients (6), or no weight
-    gradients when the LLM is frozen and gradients only flow through it to the projector (4)."""
-    return 4 if stage == "stage1" else 6
+    gradients when the LLM is frozen and gradients only flow through it to the projector or its
+    LoRA adapters (4; the adapters' own matmuls are not counted)."""
+    return 4 if stage in ("stage1", "lora") else 6
 
 
 def tower_flops(vision: VisionConfig, frames: int, layers: int) -> float:

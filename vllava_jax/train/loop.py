@@ -31,7 +31,7 @@ from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.errors import VllavaError
 from vllava_jax.eval.cache import write_atomic
 from vllava_jax.sharding import activation_sharding, logical_to_spec, make_mesh, state_shardings
-from vllava_jax.train import flops, partition
+from vllava_jax.train import adapters, flops, partition
 from vllava_jax.train.optimizer import make_optimizer
 from vllava_jax.train.run_config import RUN_CONFIG, check_config, check_resume, keep_logged_steps, resolved_config
 from vllava_jax.train.step import TrainState, train_step
@@ -69,12 +69,15 @@ def build_model_config(config: ml_collections.ConfigDict) -> VideoLlavaConfig:
 
 
 def build_model(config: ml_collections.ConfigDict, mesh) -> vllava_jax.VideoLlava:
-    """From a converted checkpoint (`init_checkpoint`) or randomly from `model` (a config.json dict)."""
+    """From a converted checkpoint (`init_checkpoint`) or randomly from `model` (a config.json dict);
+    with fresh LoRA adapters when `config.stage` is "lora"."""
     policy = policy_from_config(config)
     if config.get("init_checkpoint"):
-        return vllava_jax.load_pretrained(config.init_checkpoint, dtype=policy, remat=config.remat, mesh=mesh)
-    return vllava_jax.VideoLlava.random(build_model_config(config), dtype=policy, seed=config.seed,
-                                        remat=config.remat)
+        model = vllava_jax.load_pretrained(config.init_checkpoint, dtype=policy, remat=config.remat, mesh=mesh)
+    else:
+        model = vllava_jax.VideoLlava.random(build_model_config(config), dtype=policy, seed=config.seed,
+                                             remat=config.remat)
+    return adapters.with_adapters(model, config)
 
 
 def global_shapes(batch: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -139,11 +142,12 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     devices = jax.devices()[: mesh_config.pop("num_devices", None) or None]
     mesh = make_mesh(**mesh_config, devices=devices)
     model = build_model(config, mesh)
-    graphdef, trainable, frozen = partition.split_trainable(model.module, partition.STAGES[config.stage])
+    graphdef, trainable, frozen = partition.split_trainable(model.module, partition.trainable_patterns(config))
     trainable = jax.device_put(trainable, state_shardings(trainable, mesh))
     frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
     optimizer, schedule = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
-                                         config.weight_decay, config.max_grad_norm)
+                                         config.weight_decay, config.max_grad_norm,
+                                         group_lrs=adapters.group_learning_rates(config))
     replicated = NamedSharding(mesh, PartitionSpec())
     # moments follow their parameters' shardings; scalars (step, counts) are replicated on the mesh
     state = jax.tree.map(lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated),

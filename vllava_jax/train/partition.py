@@ -1,7 +1,9 @@
 """Which parameters a stage trains, by regex over their path ("language_model/layers/attn/q/kernel").
 
-Stage 1 trains the projector; stage 2 the projector and the LLM; the towers stay frozen. Frozen
-parameters never reach the optimizer, so no optimizer state is kept for them.
+Stage 1 trains the projector; stage 2 the projector and the LLM; the towers stay frozen. Stage
+`lora` trains only the decoder's LoRA adapters (`modeling/lora.py`), and the projector too with
+`config.lora.train_projector`. Frozen parameters never reach the optimizer, so no optimizer state
+is kept for them.
 """
 
 from __future__ import annotations
@@ -9,13 +11,26 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+import ml_collections
 from flax import nnx
+
+from vllava_jax.modeling.lora import ADAPTER_PARAMS
 
 STAGES = {
     "stage1": (r"^projector/",),
     "stage2": (r"^projector/", r"^language_model/"),
     "full": (r".*",),
+    "lora": (ADAPTER_PARAMS,),
 }
+PROJECTOR = r"^projector/"
+
+
+def trainable_patterns(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """What `config` trains: its stage's patterns, plus the projector for LoRA with `lora.train_projector`."""
+    patterns = STAGES[config.stage]
+    if config.stage == "lora" and config.lora.get("train_projector", False):
+        patterns += (PROJECTOR,)
+    return patterns
 
 
 def path_string(path: Sequence) -> str:

@@ -16,6 +16,7 @@ from vllava_jax.checkpoint import peft
 from vllava_jax.eval import runner
 from vllava_jax.eval.__main__ import main as eval_main
 from vllava_jax.eval.runner import RunConfig
+from vllava_jax.eval.tasks import DataError
 from vllava_jax.processing.conversation import get_template
 
 
@@ -60,6 +61,6 @@ def test_eval_applies_the_adapter_and_records_it(adapted, tmp_path):
     assert ([p["pred"] for p in read_jsonl(out / "predictions.jsonl")]
             == [p["pred"] for p in read_jsonl(tmp_path / "in_memory" / "predictions.jsonl")])
     assert json.loads((out / "metrics.json").read_text())["config"]["adapter"] == str(adapter)
-    with pytest.raises(SystemExit, match="other settings"):  # cached answers of the adapter are not the base's
+    with pytest.raises(DataError, match="other settings {'adapter'"):  # cached answers of the adapter are not the base's
         eval_main(["--task", "msvd_qa", "--model", str(path), "--data", str(data), "--output", str(out),
                    "--max-new-tokens", "4"])

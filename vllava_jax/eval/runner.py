@@ -132,7 +132,8 @@ def _check_settings(out: epath.Path, settings: dict) -> None:
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != settings and (out / "predictions.jsonl").exists():
-            changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+            changed = {k: (previous.get(k), settings.get(k)) for k in previous | settings
+                       if previous.get(k) != settings.get(k)}
             raise DataError(f"{out} holds predictions made with other settings {changed} (old, new); use another "
                             "--output or delete that dir")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from tensorboardX.proto import event_pb2
 
 import vllava_jax
 from configs import train_tiny
@@ -20,6 +22,20 @@ from vllava_jax.train.loop import TrainingDiverged, build_model_config, train
 from vllava_jax.train.synthetic import SyntheticBatches
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def read_scalars(directory) -> dict[tuple[str, int], float]:
+    """(tag, step) -> value from every TFRecord-framed Event file under `directory`."""
+    scalars = {}
+    for path in sorted(directory.iterdir()):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars[value.tag, event.step] = value.simple_value
+    return scalars
 
 
 def tiny(**overrides):
@@ -112,7 +128,12 @@ def test_cli_runs_resumes_and_logs(tmp_path):
     assert second.returncode == 0 and "step 3/3" in second.stderr, second.stderr[-2000:]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [int(json.loads(line)["step"]) for line in lines] == [1, 2, 3]
-    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    events = read_scalars(tmp_path / "tensorboard")
+    for line in lines:
+        record = json.loads(line)
+        for tag, value in record.items():
+            if tag != "step":
+                assert events[tag, record["step"]] == pytest.approx(value, rel=1e-6), tag
 
 
 def test_mfu_is_logged_only_against_a_known_peak(tmp_path):

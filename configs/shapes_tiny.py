@@ -4,8 +4,8 @@ train on 2 CPU cores in minutes.
 `get_config("stage1")` trains the projector on captions (`plain`, towers and LLM frozen);
 `get_config("stage2")` trains on QA (`vicuna_v1`, the original's `--version v1`) with stage "full": projector, LLM *and towers*.
 Unlike the paper (pretrained LanguageBind towers, frozen), our towers are random: frozen, they
-left held-out accuracy near chance (26% video direction, 41% image color after 240 steps), so this
-toy config lets stage 2 tune them. Usable with
+would hand the LLM features that say nothing about direction or color, so this toy config lets
+stage 2 tune them (the frozen-tower run: docs/demo_history.md). Usable with
 the trainer CLI as `--config configs/shapes_tiny.py:stage2` once `init_checkpoint` and
 `data.annotations`/`data.media_roots` are set (the demo sets them).
 """
@@ -39,7 +39,7 @@ STAGES = {
 }
 
 # Stage 2's mix of (video, image) QA. Direction is learned early; binding a color to the asked
-# shape is what takes the steps, so images get the larger share (README "The demo").
+# shape is what takes the steps, so images get the larger share (docs/demo_history.md).
 STAGE2_MIX = (0.3, 0.7)
 
 

@@ -8,12 +8,12 @@ missing media) are left to the transform's skip policy.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from etils import epath
 
-from data_pipelines.bad_data import DataError
+from vllava_jax.errors import DataError
+from vllava_jax.jsonio import parse_json
 
 MEDIA_KINDS = ("image", "video")
 ROLES = ("human", "gpt")
@@ -30,21 +30,14 @@ def load_annotations(path: epath.PathLike) -> list[dict[str, Any]]:
         entries = []
         for line_no, line in enumerate(text.splitlines()):
             if line.strip():
-                entries.append(_parse(line, f"{path} line {line_no + 1}"))
+                entries.append(parse_json(line, f"{path} line {line_no + 1}", DataError))
     else:
-        entries = _parse(text, str(path))
+        entries = parse_json(text, str(path), DataError)
         if not isinstance(entries, list):
             raise DataError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
     for index, entry in enumerate(entries):
         check_entry(entry, f"{path} entry {index}")
     return entries
-
-
-def _parse(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e})") from None
 
 
 def check_entry(entry: Any, where: str) -> None:

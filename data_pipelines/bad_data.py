@@ -2,7 +2,7 @@
 
 Skips are decided in the workers (`transforms.ExampleTransform`), travel to the trainer as a
 fixed-shape count vector in every batch (`batch["skipped"]`, indexed by `SKIP_REASONS`), and are
-summed by a `SkipTally`, which logs the per-epoch summary. Each skipped sample is logged once per
+summed by the trainer into its logged `skipped_samples` scalar. Each skipped sample is logged once per
 worker process with the file, entry index and reason; a whole-file problem (malformed JSON, an
 entry without `conversations`) is never skipped: it raises `DataError` naming file and entry.
 """
@@ -13,7 +13,6 @@ import logging
 
 import numpy as np
 
-from vllava_jax.errors import VllavaError
 
 SKIP_REASONS = (
     "missing_media",               # the media file does not exist or is empty
@@ -26,10 +25,6 @@ SKIP_REASONS = (
 POLICIES = ("skip", "fail")
 
 log = logging.getLogger("data_pipelines")
-
-
-class DataError(VllavaError):
-    """Training data we cannot read: the message names the file, the entry index and the reason."""
 
 
 class SkipSample(Exception):
@@ -48,21 +43,3 @@ def skip_counts(reason: str | None = None) -> np.ndarray:
         counts[SKIP_REASONS.index(reason)] = 1
     return counts
 
-
-class SkipTally:
-    """Sums `batch["skipped"]` on the trainer side; `log_epoch(epoch)` writes the summary and resets."""
-
-    def __init__(self):
-        self.counts = skip_counts()
-
-    def add(self, batch: dict) -> None:
-        self.counts = self.counts + np.asarray(batch["skipped"], np.int32)
-
-    def summary(self) -> dict[str, int]:
-        return {r: int(c) for r, c in zip(SKIP_REASONS, self.counts) if c}
-
-    def log_epoch(self, epoch: int) -> dict[str, int]:
-        summary = self.summary()
-        log.warning("epoch %d: skipped %d samples %s", epoch, sum(summary.values()), summary or "")
-        self.counts = skip_counts()
-        return summary

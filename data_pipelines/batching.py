@@ -14,7 +14,7 @@ L = max_length, image capacity I, video capacity V, T frames, S pixels), so the 
 | `image_valid` | (I,) bool | which buffer entries hold an image |
 | `pixel_values_videos` | (V, T, 3, S, S) float32 | the videos, likewise |
 | `video_valid` | (V,) bool | which buffer entries hold a video |
-| `skipped` | (len(SKIP_REASONS),) int32 | samples skipped while this batch was built (`bad_data.SkipTally`) |
+| `skipped` | (len(SKIP_REASONS),) int32 | samples skipped while this batch was built (summed into the trainer's `skipped_samples`) |
 
 Because valid entries come first and in slot order, the model's `scatter_features` (k-th slot
 block <- k-th buffer entry) is right as is; the towers may run on the whole buffer and unused

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines.bad_data import DataError
+from vllava_jax.errors import DataError
 from vllava_jax.processing.conversation import Template
 from vllava_jax.processing.tokenizer import Tokenizer
 

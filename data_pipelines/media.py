@@ -15,7 +15,8 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from data_pipelines.bad_data import DataError, SkipSample
+from data_pipelines.bad_data import SkipSample
+from vllava_jax.errors import DataError
 from vllava_jax.processing import video as video_lib
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from data_pipelines.bad_data import SKIP_REASONS, DataError, skip_counts
+from data_pipelines.bad_data import SKIP_REASONS, skip_counts
+from vllava_jax.errors import DataError
 from data_pipelines.batching import BatchSpec, make_batch
 
 

@@ -37,7 +37,8 @@ from tensorflow_datasets.core import sequential_writer
 from tqdm import tqdm
 
 from data_pipelines.annotations import load_annotations, media_of
-from data_pipelines.bad_data import DataError, SkipSample, log
+from data_pipelines.bad_data import SkipSample, log
+from vllava_jax.errors import DataError
 from data_pipelines.media import decode_video
 from data_pipelines.sources import element
 

@@ -15,7 +15,8 @@ import grain
 import numpy as np
 from etils import epath
 
-from data_pipelines.bad_data import POLICIES, DataError, SkipSample, log, skip_counts
+from data_pipelines.bad_data import POLICIES, SkipSample, log, skip_counts
+from vllava_jax.errors import DataError
 from data_pipelines.conversations import normalize_turns
 from data_pipelines.labels import tokenize_conversation
 from data_pipelines.media import decode_image, read_media, video_frames

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from data_pipelines.annotations import load_annotations
-from data_pipelines.bad_data import DataError, SkipSample
+from data_pipelines.bad_data import SkipSample
+from vllava_jax.errors import DataError
 from data_pipelines.batching import BatchSpec, make_batch
 from data_pipelines.conversations import normalize_turns
 from data_pipelines.labels import IGNORE, tokenize_conversation

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets.core.shuffle
 
 from data_pipelines import tfds_builder
-from data_pipelines.bad_data import DataError
+from vllava_jax.errors import DataError
 from data_pipelines.sources import AnnotationSource
 from data_pipelines.tfds_builder import TfdsSource, build
 from data_pipelines.transforms import ExampleTransform

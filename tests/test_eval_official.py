@@ -17,7 +17,8 @@ from vllava_jax.eval.metrics.video_qa import summarize
 from vllava_jax.eval.metrics.vizwiz import vizwiz_accuracy, vizwiz_submission
 from vllava_jax.eval.metrics.vqav2 import vqav2_accuracy, vqav2_submission
 from vllava_jax.errors import UsageError
-from vllava_jax.eval.tasks import DataError, registry
+from vllava_jax.eval.tasks import registry
+from vllava_jax.errors import DataError
 
 
 def answers(*pairs):

@@ -16,7 +16,7 @@ from tests.test_generate_cli import checkpoint  # noqa: F401  (a fixture, shared
 from vllava_jax.eval import runner
 from vllava_jax.eval.__main__ import main
 from vllava_jax.eval.runner import RunConfig
-from vllava_jax.eval.tasks import DataError
+from vllava_jax.errors import DataError
 
 MAX_NEW = 3
 

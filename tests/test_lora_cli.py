@@ -16,7 +16,7 @@ from vllava_jax.checkpoint import peft
 from vllava_jax.eval import runner
 from vllava_jax.eval.__main__ import main as eval_main
 from vllava_jax.eval.runner import RunConfig
-from vllava_jax.eval.tasks import DataError
+from vllava_jax.errors import DataError
 from vllava_jax.processing.conversation import get_template
 
 

@@ -9,13 +9,15 @@ cannot express; when it is absent the video tower shares the image tower's archi
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import jax.numpy as jnp
 from etils import epath
 
 from vllava_jax.errors import ConfigError
+from vllava_jax.jsonio import read_json
+
+CONFIG_MISSING = "no such file; a checkpoint dir needs a config.json"
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 
@@ -153,12 +155,7 @@ class VideoLlavaConfig:
     @classmethod
     def from_json(cls, path: epath.PathLike) -> VideoLlavaConfig:
         path = epath.Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file; a checkpoint dir needs a config.json") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(path, ConfigError, missing=CONFIG_MISSING)
         return cls.from_hf_dict(raw, source=str(path))
 
     def to_hf_dict(self) -> dict[str, Any]:

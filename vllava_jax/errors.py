@@ -17,5 +17,10 @@ class InputError(VllavaError):
     """Model inputs whose shapes or placeholder counts do not fit together."""
 
 
+class DataError(VllavaError):
+    """Data we cannot read (training annotations and media, eval sets): the message names the file,
+    the entry and the reason."""
+
+
 class UsageError(VllavaError):
     """A command-line flag that is missing, unknown or out of range (exit code 2)."""

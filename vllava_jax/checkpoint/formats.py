@@ -22,7 +22,9 @@ from vllava_jax.checkpoint import hf, orbax, original
 from vllava_jax.checkpoint.safetensors_io import SafetensorsReader
 from vllava_jax.checkpoint.torch_bin import TorchBinReader
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
+from vllava_jax.config import CONFIG_MISSING
 from vllava_jax.errors import CheckpointError, ConfigError
+from vllava_jax.jsonio import read_json
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 
 FORMATS = ("transformers", "original", "ours")
@@ -33,12 +35,7 @@ SIDE_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "spe
 
 
 def _raw_config(path: epath.Path) -> dict:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path / 'config.json'}: no such file; a checkpoint dir needs a config.json") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path / 'config.json'}: not valid JSON ({e})") from None
+    return read_json(path / "config.json", ConfigError, missing=CONFIG_MISSING)
 
 
 def detect(path: epath.PathLike) -> str:

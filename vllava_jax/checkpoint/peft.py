@@ -29,6 +29,7 @@ from vllava_jax.checkpoint.orbax import Streamed
 from vllava_jax.checkpoint.safetensors_io import SafetensorsReader, write_shard
 from vllava_jax.config import VideoLlavaConfig
 from vllava_jax.errors import CheckpointError
+from vllava_jax.jsonio import read_json
 from vllava_jax.modeling import lora
 
 CONFIG_FILE = "adapter_config.json"
@@ -124,13 +125,8 @@ def read_peft(directory: epath.PathLike, config: VideoLlavaConfig) -> Adapter:
     """A PEFT LoRA adapter dir in our layout, checked against the base model `config` describes."""
     directory = epath.Path(directory)
     config_path = directory / CONFIG_FILE
-    try:
-        raw = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{config_path}: no such file; an adapter dir holds {CONFIG_FILE} and "
-                              f"{WEIGHTS_FILE}") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+    raw = read_json(config_path, CheckpointError,
+                    missing=f"no such file; an adapter dir holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     if raw.get("peft_type") != "LORA":
         raise CheckpointError(f"{config_path}: peft_type is {raw.get('peft_type')!r}; only 'LORA' adapters are read")
     unsupported = {"use_dora": False, "fan_in_fan_out": False, "bias": "none", "lora_bias": False,

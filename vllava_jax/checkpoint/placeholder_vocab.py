@@ -29,6 +29,7 @@ from etils import epath
 
 from vllava_jax.config import VideoLlavaConfig
 from vllava_jax.errors import CheckpointError
+from vllava_jax.jsonio import read_json
 from vllava_jax.processing import image as image_lib
 
 PAD_TOKEN = "<pad>"
@@ -68,13 +69,6 @@ def growth(config: VideoLlavaConfig) -> Growth | None:
     return Growth(vocab, new, {"<image>": image, "<video>": video, PAD_TOKEN: vocab + 2})
 
 
-def _read(path: epath.Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
 def _write(path: epath.Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
 
@@ -102,7 +96,7 @@ def add_tokens(directory: epath.Path, grown: Growth) -> None:
     if not ((directory / "tokenizer.model").exists() or (directory / "tokenizer.json").exists()):
         return
     config_file = directory / "tokenizer_config.json"
-    config = _read(config_file) if config_file.exists() else {"tokenizer_class": "LlamaTokenizer"}
+    config = read_json(config_file, CheckpointError) if config_file.exists() else {"tokenizer_class": "LlamaTokenizer"}
     decoder = {int(i): entry for i, entry in (config.get("added_tokens_decoder") or {}).items()}
     _check_free(config_file, {entry["content"]: i for i, entry in decoder.items()}, grown)
     decoder |= {idx: _added_token(content) for content, idx in grown.tokens.items()}
@@ -110,14 +104,15 @@ def add_tokens(directory: epath.Path, grown: Growth) -> None:
     config |= {"pad_token": PAD_TOKEN, "padding_side": "left"}
     _write(config_file, config)
 
-    if (directory / "special_tokens_map.json").exists():
-        _write(directory / "special_tokens_map.json", _read(directory / "special_tokens_map.json") | {"pad_token": PAD_TOKEN})
+    special_map = directory / "special_tokens_map.json"
+    if special_map.exists():
+        _write(special_map, read_json(special_map, CheckpointError) | {"pad_token": PAD_TOKEN})
     if (directory / "added_tokens.json").exists():
-        added = _read(directory / "added_tokens.json")
+        added = read_json(directory / "added_tokens.json", CheckpointError)
         _check_free(directory / "added_tokens.json", added, grown)
         _write(directory / "added_tokens.json", added | grown.tokens)
     if (directory / "tokenizer.json").exists():
-        tokenizer = _read(directory / "tokenizer.json")
+        tokenizer = read_json(directory / "tokenizer.json", CheckpointError)
         added = tokenizer.get("added_tokens", [])
         _check_free(directory / "tokenizer.json", {entry["content"]: entry["id"] for entry in added}, grown)
         present = {entry["content"] for entry in added}

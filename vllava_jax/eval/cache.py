@@ -12,7 +12,7 @@ import os
 
 from etils import epath
 
-from vllava_jax.eval.tasks import DataError
+from vllava_jax.errors import DataError
 
 
 class JsonlCache:

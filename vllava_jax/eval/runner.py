@@ -33,7 +33,8 @@ from vllava_jax.errors import VllavaError
 from vllava_jax.features import FeatureCache
 from vllava_jax.eval.cache import JsonlCache, write_atomic, write_jsonl
 from vllava_jax.eval.report import write_report
-from vllava_jax.eval.tasks import DataError, Sample, Task, registry
+from vllava_jax.eval.tasks import Sample, Task, registry
+from vllava_jax.errors import DataError
 from vllava_jax.processing.conversation import get_template
 from vllava_jax.processing.image import load_image
 from vllava_jax.processing.processor import IMAGE_TOKEN, VIDEO_TOKEN

@@ -233,9 +233,9 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_i
     heads-major, so every score and value product is one batched matmul over contiguous heads,
     and each block's mask is made from the segment ids (no (len x len) mask is ever built).
     The backward recomputes each block's probabilities from the saved log-sum-exp instead of
-    differentiating through the softmax (as flash kernels do): on XLA's CPU backend that made the
-    small-config train step 6% faster and its compile twice as fast (benchmarks/BENCHMARKS.md),
-    and no (len x len) probabilities are kept for the backward.
+    differentiating through the softmax (as flash kernels do), so no (len x len) probabilities are
+    kept for the backward and XLA compiles one small hand-written backward rather than the autodiff
+    of every block's softmax (the step time and compile time it saves: benchmarks/BENCHMARKS.md).
     """
     k, v = _repeat_kv(q, k, v)
     segment_ids = segment_ids.astype(jnp.int32)

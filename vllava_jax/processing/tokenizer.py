@@ -29,6 +29,7 @@ from etils import epath
 from sentencepiece import sentencepiece_model_pb2
 
 from vllava_jax.errors import ConfigError, InputError
+from vllava_jax.jsonio import read_json
 
 SPIECE_UNDERLINE = "\u2581"
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -40,12 +41,8 @@ def _content(token: Any) -> str | None:
 
 
 def _read_json(path: epath.Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    """An optional tokenizer file: {} when the checkpoint has none."""
+    return read_json(path, ConfigError) if path.exists() else {}
 
 
 class Tokenizer:

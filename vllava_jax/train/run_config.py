@@ -17,6 +17,7 @@ from etils import epath
 
 from vllava_jax.checkpoint.orbax import absolute
 from vllava_jax.errors import ConfigError
+from vllava_jax.jsonio import read_json
 from vllava_jax.eval.cache import write_atomic
 from vllava_jax.train import partition
 
@@ -55,7 +56,7 @@ def check_resume(workdir: epath.Path, config: dict) -> None:
     path = workdir / RUN_CONFIG
     if not path.exists():
         return
-    saved = json.loads(path.read_text())
+    saved = read_json(path, ConfigError)
     for key in RESUME_MUST_MATCH:
         if key in saved and saved.get(key) != config.get(key):
             raise ConfigError(f"{workdir} holds a run with config.{key}={saved.get(key)!r}, not {config.get(key)!r}; "

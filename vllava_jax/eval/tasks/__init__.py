@@ -8,17 +8,13 @@ name, gets an empty prediction and counts as wrong, so the denominator is the wh
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from etils import epath
 
-from vllava_jax.errors import VllavaError
-
-
-class DataError(VllavaError):
-    """An annotation file that is missing, malformed, or does not fit its companion file."""
+from vllava_jax import jsonio
+from vllava_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +42,8 @@ class Task(Protocol):
 
 
 def read_json(path: epath.Path, what: str):
-    if not path.exists():
-        raise DataError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    """An eval set's JSON file; `what` says which one it is when it is missing."""
+    return jsonio.read_json(path, DataError, missing=f"{what} not found")
 
 
 def read_jsonl(path: epath.Path, what: str) -> list[dict]:
@@ -60,10 +52,7 @@ def read_jsonl(path: epath.Path, what: str) -> list[dict]:
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e})") from None
+            rows.append(jsonio.parse_json(line, f"{path}:{number}", DataError))
     return rows
 
 

@@ -30,7 +30,8 @@ from vllava_jax.eval.metrics.gqa import gqa_correct
 from vllava_jax.eval.metrics.textvqa import prompt_question, textvqa_accuracy
 from vllava_jax.eval.metrics.vizwiz import vizwiz_accuracy, vizwiz_submission
 from vllava_jax.eval.metrics.vqav2 import vqav2_accuracy, vqav2_submission
-from vllava_jax.eval.tasks import DataError, MediaFinder, Sample, check_unique, field, find_file, read_json, read_jsonl
+from vllava_jax.eval.tasks import MediaFinder, Sample, check_unique, field, find_file, read_json, read_jsonl
+from vllava_jax.errors import DataError
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."

@@ -14,7 +14,8 @@ import dataclasses
 from etils import epath
 
 from vllava_jax.eval.metrics.pope import answer_is_yes, pope_metrics
-from vllava_jax.eval.tasks import DataError, MediaFinder, Sample, check_unique, field, find_file, read_jsonl
+from vllava_jax.eval.tasks import MediaFinder, Sample, check_unique, field, find_file, read_jsonl
+from vllava_jax.errors import DataError
 from vllava_jax.eval.tasks.image_qa import SHORT_ANSWER
 
 CATEGORIES = ("adversarial", "popular", "random")

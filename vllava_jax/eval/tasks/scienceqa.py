@@ -11,7 +11,8 @@ import dataclasses
 from etils import epath
 
 from vllava_jax.eval.metrics.scienceqa import predicted_index
-from vllava_jax.eval.tasks import DataError, MediaFinder, Sample, check_unique, field, find_file, read_json
+from vllava_jax.eval.tasks import MediaFinder, Sample, check_unique, field, find_file, read_json
+from vllava_jax.errors import DataError
 
 LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 

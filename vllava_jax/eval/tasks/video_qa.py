@@ -16,7 +16,8 @@ import dataclasses
 from etils import epath
 
 from vllava_jax.eval.metrics.video_qa import summarize
-from vllava_jax.eval.tasks import DataError, MediaFinder, Sample, check_unique, field, read_json
+from vllava_jax.eval.tasks import MediaFinder, Sample, check_unique, field, read_json
+from vllava_jax.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 VIDEO_FOLDERS = ("", "videos", "videos/all", "mp4")

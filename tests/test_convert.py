@@ -14,7 +14,7 @@ import vllava_jax
 from tests import oracle
 from tests.cli_run import assert_user_error, in_process
 from vllava_jax import convert
-from vllava_jax.checkpoint import formats
+from vllava_jax.checkpoint.detect import detect
 from vllava_jax.sharding import make_mesh
 
 
@@ -47,7 +47,7 @@ def run(*args) -> int:
 def test_transformers_to_ours_matches_transformers(tiny, tmp_path, rng):
     path, model = tiny
     assert run("--src", path, "--dst", tmp_path / "ours") == 0
-    assert formats.detect(tmp_path / "ours") == "ours"
+    assert detect(tmp_path / "ours") == "ours"
     assert (tmp_path / "ours" / "tokenizer_config.json").exists()
     ids, images, videos = inputs(rng, model)
     ours = vllava_jax.load_pretrained(tmp_path / "ours")(ids, pixel_values_images=images, pixel_values_videos=videos)
@@ -135,7 +135,7 @@ def test_existing_destination_needs_force(tiny, tmp_path, capsys):
     assert_user_error(in_process(convert.main, ["--src", path, "--dst", tmp_path / "ours"], capsys), 1,
                       "exists; pass --force")
     assert run("--src", path, "--dst", tmp_path / "ours", "--force") == 0
-    assert formats.detect(tmp_path / "ours") == "ours"
+    assert detect(tmp_path / "ours") == "ours"
 
 
 def test_help_explains_every_flag():

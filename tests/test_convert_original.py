@@ -16,7 +16,7 @@ from tests import oracle
 from tests.cli_run import assert_user_error, in_process
 from tests.test_temporal import FRAMES, RefTemporalTower
 from vllava_jax import convert
-from vllava_jax.checkpoint import formats
+from vllava_jax.checkpoint.detect import detect
 
 ORIGINAL_IMAGE, ORIGINAL_VIDEO = oracle.VOCAB, oracle.VOCAB + 1  # our placeholder ids for it: vocab, vocab + 1
 
@@ -73,7 +73,7 @@ def tiny(tmp_path_factory):
 
 def test_original_to_ours_matches_transformers(tiny, tmp_path, rng):
     path, model = tiny
-    assert formats.detect(path) == "original"
+    assert detect(path) == "original"
     assert any(k.startswith("model.video_tower.video_tower.encoder.") for k in torch.load(
         path / "pytorch_model-00001-of-00002.bin", weights_only=True))
     assert convert.main(["--src", str(path), "--dst", str(tmp_path / "ours")]) == 0

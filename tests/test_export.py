@@ -8,7 +8,7 @@ from transformers import VideoLlavaForConditionalGeneration
 
 import vllava_jax
 from tests import oracle
-from vllava_jax.checkpoint.export import save_hf
+from vllava_jax.checkpoint.write import save_hf
 
 
 def test_random_model_round_trips_through_transformers(tmp_path, rng):

@@ -31,8 +31,7 @@ from tests.cli_run import assert_user_error, in_process
 from tests.test_convert_original import write_original, write_temporal_original
 from tests.test_temporal import FRAMES
 from vllava_jax import convert
-from vllava_jax.checkpoint import export as export_lib
-from vllava_jax.checkpoint import formats
+from vllava_jax.checkpoint import write as write_lib
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 
 VOCAB = 320  # the smallest byte-fallback sentencepiece model over media.CORPUS
@@ -130,7 +129,7 @@ def test_export_adds_placeholder_tokens_rows_and_processor_files(exported):
 
 def test_export_refuses_a_tokenizer_that_gives_an_added_id_another_token(exported, tmp_path, capsys, monkeypatch):
     _, ours, _ = exported
-    monkeypatch.setattr(export_lib, "write_shard", lambda *args: pytest.fail("a shard was written before the check"))
+    monkeypatch.setattr(write_lib, "write_shard", lambda *args: pytest.fail("a shard was written before the check"))
     shutil.copytree(ours, tmp_path / "ours")
     config = json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())
     config["added_tokens_decoder"] = {str(PAD_ID): {"content": "<extra>", "special": True}}
@@ -199,9 +198,9 @@ def test_transformers_source_exports_as_before(tmp_path):
     assert run("--src", source, "--dst", tmp_path / "ours") == 0
     assert run("--src", tmp_path / "ours", "--dst", tmp_path / "export", "--to", "hf") == 0
     export_dir = tmp_path / "export"
-    assert sorted(p.name for p in export_dir.iterdir()) == sorted(set(formats.SIDE_FILES) & set(digests) | {
+    assert sorted(p.name for p in export_dir.iterdir()) == sorted(set(write_lib.SIDE_FILES) & set(digests) | {
         "config.json", "model.safetensors"})
-    for name in set(formats.SIDE_FILES) & set(digests):
+    for name in set(write_lib.SIDE_FILES) & set(digests):
         assert hashlib.sha256((export_dir / name).read_bytes()).hexdigest() == digests[name], name
     assert json.loads((export_dir / "config.json").read_text()) == vllava_jax.VideoLlavaConfig.from_json(
         source / "config.json").to_hf_dict()

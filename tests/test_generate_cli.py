@@ -12,7 +12,7 @@ import vllava_jax
 from tests import media
 from tests.cli_run import assert_user_error, in_process
 from vllava_jax import generate
-from vllava_jax.checkpoint.export import save_hf
+from vllava_jax.checkpoint.write import save_hf
 from vllava_jax.processing.conversation import get_template
 
 

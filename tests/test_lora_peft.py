@@ -14,7 +14,7 @@ import vllava_jax
 from tests import oracle
 from vllava_jax import convert
 from vllava_jax.checkpoint import peft
-from vllava_jax.checkpoint.export import save_hf
+from vllava_jax.checkpoint.write import save_hf
 from vllava_jax.modeling import lora
 
 

@@ -17,7 +17,8 @@ import time
 from tqdm import tqdm
 
 from vllava_jax import cli
-from vllava_jax.checkpoint import export, formats, peft
+from vllava_jax.checkpoint import peft, read, write
+from vllava_jax.modeling.video_llava import parameter_shapes
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -40,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
                         "safetensors shards that VideoLlavaForConditionalGeneration.from_pretrained loads")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="dtype of the written weights (default: float32, or as stored when exporting ours --to hf)")
-    p.add_argument("--max-shard-size", type=parse_size, default=export.DEFAULT_MAX_SHARD_BYTES,
+    p.add_argument("--max-shard-size", type=parse_size, default=write.DEFAULT_MAX_SHARD_BYTES,
                    help="with --to hf: largest safetensors file before splitting into shards (default 5GB)")
     p.add_argument("--drop-temporal", action="store_true",
                    help="with --to hf: export a model whose video tower has LanguageBind temporal attention "
@@ -55,11 +56,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     start = time.perf_counter()
-    source = formats.open_source(args.src)
-    formats.check_destination(args.dst, args.force, sources=(source.path,))
+    source = read.open_source(args.src)
+    write.check_destination(args.dst, args.force, sources=(source.path,))
     keep_stored = args.to == "hf" and source.format == "ours"
     dtype = args.dtype or (None if keep_stored else "float32")
-    params = formats.leaves(source, formats.abstract_shapes(source.config), dtype)
+    params = read.leaves(source, parameter_shapes(source.config), dtype)
     if args.merge_adapter:
         params = peft.merged_leaves(params, args.merge_adapter, source.config)
     total = sum(len(leaf.parts) for leaf in params.values())
@@ -71,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
 
         if args.to == "hf":
-            export.write_hf(args.dst, source.config, params, side_files_from=source.path,
-                            max_shard_bytes=args.max_shard_size, drop_temporal=args.drop_temporal,
-                            force=args.force, on_bytes=on_bytes)
+            write.write_hf(args.dst, source.config, params, side_files_from=source.path,
+                           max_shard_bytes=args.max_shard_size, drop_temporal=args.drop_temporal,
+                           force=args.force, on_bytes=on_bytes)
         else:
-            formats.write_ours(args.dst, source, params, force=args.force, on_bytes=on_bytes)
+            write.write_ours(args.dst, source, params, force=args.force, on_bytes=on_bytes)
     print(f"wrote {args.dst} ({args.to}): {bar.n} tensors, {written[0] / 1e6:,.1f} MB in "
           f"{time.perf_counter() - start:.1f} s")
     return 0

@@ -32,7 +32,7 @@ from configs import shapes_tiny
 from data_pipelines.shapes import ShapesData, ShapesSpec, generate
 from data_pipelines.shapes_tokenizer import write_tokenizer
 from vllava_jax import cli
-from vllava_jax.checkpoint.export import save_hf
+from vllava_jax.checkpoint.write import save_hf
 
 
 def prepare(workdir: epath.Path, seed: int, spec: ShapesSpec) -> tuple[ShapesData, epath.Path]:

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
+from vllava_jax.checkpoint.streamed import is_stacked
 from vllava_jax.config import TextConfig, VideoLlavaConfig, VisionConfig
 from vllava_jax.errors import CheckpointError
 
@@ -46,7 +47,7 @@ class Entry:
 
     @property
     def stacked(self) -> bool:
-        return "layers" in self.ours
+        return is_stacked(self.ours)
 
 
 def _attention(ours: tuple[str, ...], torch: str, out_name: str, bias: bool) -> Iterator[tuple]:

@@ -2,16 +2,15 @@
 
 Saving takes `Streamed` leaves: each is produced one slice (one stacked layer) at a time and written
 to its own Orbax/tensorstore chunk, one slice in flight, so a 7B conversion never holds the model
-in memory. The files are ordinary Orbax arrays: restoring needs no custom handler, and restores
-straight onto target shardings.
+in memory. That is a custom Orbax `TypeHandler` (its public `serialize`, with the tensorstore spec
+from `type_handlers.get_json_tspec_write`); on disk the leaves are ordinary Orbax numpy arrays, so
+restoring needs no custom handler, and restores straight onto target shardings.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -19,54 +18,39 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
 from orbax.checkpoint import type_handlers
-from flax import nnx
-from orbax.checkpoint._src.serialization import type_handler_registry
 
+from vllava_jax.checkpoint.streamed import Path, Streamed, is_stacked
 from vllava_jax.errors import CheckpointError
-
-Path = tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Streamed:
-    """A leaf to be saved, read on demand: `read(i)` gives slice i of a stacked leaf, `read(None)` all of it."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    stacked: bool
-    read: Callable[[int | None], np.ndarray]
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
-
-    @property
-    def parts(self) -> list[int | None]:
-        return list(range(self.shape[0])) if self.stacked else [None]
-
-    def whole(self) -> np.ndarray:
-        parts = [np.asarray(self.read(i), self.dtype) for i in self.parts]
-        return np.stack(parts) if self.stacked else parts[0]
 
 
 class _StreamingHandler(type_handlers.NumpyHandler):
-    """Writes `Streamed` leaves slice by slice, one leaf at a time; on disk they are plain numpy arrays."""
+    """Writes `Streamed` leaves slice by slice, one leaf at a time; on disk they are plain numpy arrays
+    (so reading them back is NumpyHandler's own `deserialize`/`metadata`)."""
 
     def __init__(self, on_bytes: Callable[[int], None]):
-        super().__init__(deepcopy_host_arrays=False)
+        super().__init__()
         self._on_bytes = on_bytes
-        self._gate: asyncio.Lock | None = None
 
-    async def _open_and_write(self, value: Streamed, tspec: dict, ts_context: ts.Context):
-        if value.stacked:  # one chunk per layer: writing layer i never rewrites its neighbours
-            tspec["metadata"]["chunks"] = [1, *value.shape[1:]]
-        self._gate = self._gate or asyncio.Lock()
-        async with self._gate:
-            t = await ts.open(ts.Spec(tspec), create=True, open=True, context=ts_context)
+    async def serialize(self, values: Sequence[Streamed], infos: Sequence[type_handlers.ParamInfo],
+                        args: Sequence[type_handlers.SaveArgs] | None = None) -> list[ocp.future.Future]:
+        args = args or [type_handlers.SaveArgs()] * len(values)
+        type_handlers.check_input_arguments(values, infos, args)
+        return [ocp.future.CommitFutureAwaitingContractedSignals(self._write(values, infos, args),
+                                                                 name="streamed_leaves")]
+
+    async def _write(self, values: Sequence[Streamed], infos: Sequence[type_handlers.ParamInfo],
+                     args: Sequence[type_handlers.SaveArgs]) -> None:
+        for value, info, arg in zip(values, infos, args):  # in turn: one slice in memory at a time
+            await info.await_path_creation()
+            use_ocdbt = bool(info.is_ocdbt_checkpoint)
+            tspec = type_handlers.get_json_tspec_write(
+                info, use_ocdbt=use_ocdbt, global_shape=value.shape, local_shape=value.shape,
+                dtype=np.dtype(value.dtype), process_index=jax.process_index() if use_ocdbt else None, arg=arg)
+            if value.stacked:  # one chunk per layer: writing layer i never rewrites its neighbours
+                tspec["metadata"]["chunks"] = [1, *value.shape[1:]]
+            if jax.process_index() != 0:
+                continue
+            t = await ts.open(ts.Spec(tspec), create=True, open=True, context=info.ts_context)
             for index in value.parts:
                 part = np.asarray(value.read(index), dtype=value.dtype)
                 await (t[index] if value.stacked else t).write(part)
@@ -99,23 +83,12 @@ def flatten(tree: dict, prefix: Path = ()) -> Iterator[tuple[Path, object]]:
 
 def save(directory: epath.PathLike, leaves: dict[Path, Streamed], on_bytes: Callable[[int], None] = lambda n: None):
     """Write `leaves` as an Orbax pytree checkpoint at `directory` (which must not exist)."""
-    registry = type_handler_registry.create_type_handler_registry(
+    registry = type_handlers.create_type_handler_registry(
         (Streamed, _StreamingHandler(on_bytes)), (jax.Array, type_handlers.ArrayHandler()))
     # uncompressed: weights barely compress, and zstd would be most of a conversion's CPU time
     handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False)
     with ocp.Checkpointer(handler) as checkpointer:
         checkpointer.save(absolute(directory), args=ocp.args.PyTreeSave(nest(leaves)))
-
-
-def is_stacked(path: Path) -> bool:
-    return "layers" in path
-
-
-def in_memory(state) -> dict[Path, Streamed]:
-    """An NNX state's (device) arrays as leaves, copied to the host a slice at a time."""
-    return {path: Streamed(tuple(v.shape), np.dtype(v.dtype), is_stacked(path),
-                           lambda i, v=v: np.asarray(jax.device_get(v[...] if i is None else v[...][i])))
-            for path, v in nnx.to_flat_state(state)}
 
 
 def _saved(directory: epath.Path) -> dict[Path, object]:

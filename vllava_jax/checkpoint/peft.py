@@ -24,13 +24,14 @@ from etils import epath
 from flax import nnx
 
 from vllava_jax.checkpoint import hf
-from vllava_jax.checkpoint.formats import abstract_shapes, staged
-from vllava_jax.checkpoint.orbax import Streamed
+from vllava_jax.checkpoint.streamed import Streamed
+from vllava_jax.checkpoint.write import staged
 from vllava_jax.checkpoint.safetensors_io import SafetensorsReader, write_shard
 from vllava_jax.config import VideoLlavaConfig
 from vllava_jax.errors import CheckpointError
 from vllava_jax.jsonio import read_json
 from vllava_jax.modeling import lora
+from vllava_jax.modeling.video_llava import parameter_shapes
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -144,7 +145,7 @@ def read_peft(directory: epath.PathLike, config: VideoLlavaConfig) -> Adapter:
         for layer, module in enumerate(modules):
             by_module[hf.canonical_key(module)] = (path, layer)
     projector = {hf.canonical_key(e.torch[0]): e for e in _projector_entries(config)}
-    shapes = abstract_shapes(config)
+    shapes = parameter_shapes(config)
     parts: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     projector_values, unexpected, misshaped = {}, [], []
     for key in reader.keys():

@@ -27,7 +27,7 @@ from etils import epath
 from tqdm import tqdm
 
 from vllava_jax import generation
-from vllava_jax.checkpoint.formats import detect
+from vllava_jax.checkpoint.detect import detect
 from vllava_jax.cli import make_output_dir
 from vllava_jax.errors import VllavaError
 from vllava_jax.features import FeatureCache

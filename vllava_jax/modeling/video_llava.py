@@ -30,6 +30,13 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def parameter_shapes(cfg: VideoLlavaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Every parameter's shape for `cfg`, by path, without allocating them: what a checkpoint
+    reader checks a checkpoint against."""
+    abstract = nnx.eval_shape(lambda: VideoLlavaModel(cfg, DTypePolicy(), nnx.Rngs(0)))
+    return {p: tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(abstract))}
+
+
 class VideoLlavaModel(nnx.Module):
     def __init__(self, cfg: VideoLlavaConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: bool | str = False):
         self.cfg = cfg

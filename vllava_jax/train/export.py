@@ -23,8 +23,7 @@ from flax import nnx
 import vllava_jax
 from vllava_jax import cli
 from vllava_jax.checkpoint import peft
-from vllava_jax.checkpoint.export import save_hf
-from vllava_jax.checkpoint.formats import check_destination
+from vllava_jax.checkpoint.write import check_destination, save_hf
 from vllava_jax.checkpoint.orbax import absolute
 from vllava_jax.errors import CheckpointError, ConfigError
 from vllava_jax.modeling import lora

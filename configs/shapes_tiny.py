@@ -1,4 +1,4 @@
-"""The demo's tiny Video-LLaVA on the synthetic shapes world (data_pipelines/shapes.py): both stages
+"""The demo's tiny Video-LLaVA on the synthetic shapes world (data_pipelines/shapes/): both stages
 train on 2 CPU cores in minutes.
 
 `get_config("stage1")` trains the projector on captions (`plain`, towers and LLM frozen);
@@ -12,7 +12,7 @@ the trainer CLI as `--config configs/shapes_tiny.py:stage2` once `init_checkpoin
 
 import ml_collections
 
-SP_VOCAB_SIZE = 500  # sentencepiece pieces; <image>, <video>, <pad> follow (data_pipelines/shapes_tokenizer.py)
+SP_VOCAB_SIZE = 500  # sentencepiece pieces; <image>, <video>, <pad> follow (data_pipelines/shapes/tokenizer.py)
 
 
 def model_config() -> dict:

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from configs import shapes_tiny
-from data_pipelines.shapes import ShapesSpec, color_question as shape_color_question, generate
-from data_pipelines.shapes_media import BACKGROUND, COLORS
-from data_pipelines.shapes_tokenizer import write_tokenizer
+from data_pipelines.shapes.media import BACKGROUND, COLORS
+from data_pipelines.shapes.tokenizer import write_tokenizer
+from data_pipelines.shapes.world import ShapesSpec, color_question as shape_color_question, generate
 from vllava_jax.processing.processor import Processor
 
 SMALL = ShapesSpec(train_videos=3, train_images=3, eval_videos=2, eval_images=2)

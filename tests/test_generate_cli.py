@@ -45,6 +45,9 @@ def test_streamed_answer_is_the_greedy_generation(checkpoint, capsys):
     expected = processor.decode(new, skip_special_tokens=True)
     assert streamed == expected
     assert len(new) > 0
+    # the same answer returned, not printed: what the demo asks through
+    assert generate.ask(path, "What happens?", videos=[str(clip)], max_new_tokens=6) == expected
+    assert capsys.readouterr().out == ""
 
 
 def test_chat_keeps_the_conversation(checkpoint, monkeypatch, capsys):

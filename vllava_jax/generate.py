@@ -77,8 +77,9 @@ def read_media(processor, args: argparse.Namespace) -> tuple[list, list]:
     return [load_image(p) for p in args.image], [read_frames(p, processor.num_frames) for p in args.video]
 
 
-def answer(model, processor, prompt: str, media: tuple[list, list], sampling, key) -> tuple[str, int]:
-    """Stream one answer to stdout; returns its text and token count."""
+def answer(model, processor, prompt: str, media: tuple[list, list], sampling, key,
+           stream: bool = True) -> tuple[str, int]:
+    """One answer, streamed to stdout as it is decoded (unless not `stream`); returns its text and token count."""
     out = sys.stdout
     images, videos = media
     batch = processor(text=prompt, images=images or None, videos=videos or None)
@@ -91,12 +92,27 @@ def answer(model, processor, prompt: str, media: tuple[list, list], sampling, ke
             break
         new_ids.append(int(tokens[0]))
         text = processor.decode(new_ids, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+        if stream and not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             out.write(text[len(shown):])
             out.flush()
             shown = text
-    out.write("\n")
+    if stream:
+        out.write("\n")
     return processor.decode(new_ids, skip_special_tokens=True), len(new_ids)
+
+
+def ask(model_dir, question: str, *, images=(), videos=(), template: str = "llava_v1", max_new_tokens: int = 256,
+        dtype: str = "float32") -> str:
+    """The greedy answer `python -m vllava_jax.generate --model MODEL_DIR --prompt QUESTION [--image ...]
+    [--video ...]` prints, returned instead: one placeholder per file before the question."""
+    processor = vllava_jax.Processor.from_pretrained(model_dir)
+    media = [load_image(p) for p in images], [read_frames(p, processor.num_frames) for p in videos]
+    placeholders = [IMAGE_TOKEN] * len(images) + [VIDEO_TOKEN] * len(videos)
+    model = vllava_jax.load_pretrained(model_dir, dtype=dtype)
+    sampling = generation.sampling_config(model.config, max_new_tokens)  # greedy
+    prompt = get_template(template).prompt([question], placeholders)
+    reply, _ = answer(model, processor, prompt, media, sampling, jax.random.key(0), stream=False)
+    return reply
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,14 +3,14 @@
     python -m vllava_jax.demo --workdir /tmp/vllava_demo
 
 1. writes clips and images of colored shapes (PyAV/Pillow) with LLaVA-format captions and QA,
-   and held-out eval sets (data_pipelines/shapes.py), a sentencepiece tokenizer and a randomly
+   and held-out eval sets (data_pipelines/shapes/), a sentencepiece tokenizer and a randomly
    initialized tiny Video-LLaVA checkpoint (configs/shapes_tiny.py);
 2. stage 1 trains the projector on captions, stage 2 everything (projector, LLM and towers) on
    QA, with the real trainer and Grain pipeline; each stage is exported as a transformers-format
    checkpoint;
 3. evaluates the final checkpoint with `vllava_jax.eval` (offline judge) on held-out video
    direction questions (MSVD-QA layout) and image color questions (GQA layout);
-4. answers one held-out clip through `python -m vllava_jax.generate`;
+4. answers one held-out clip as `python -m vllava_jax.generate` does (`generate.ask`);
 5. writes metrics.json (accuracy per question kind) and plot.png (loss curves, accuracies).
 
 Unlike the paper, whose towers are pretrained and stay frozen, ours start random; frozen random
@@ -20,8 +20,6 @@ towers left the answers near chance, so stage 2 tunes them too (configs/shapes_t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import time
 
@@ -29,8 +27,8 @@ from etils import epath
 
 import vllava_jax
 from configs import shapes_tiny
-from data_pipelines.shapes import ShapesData, ShapesSpec, generate
-from data_pipelines.shapes_tokenizer import write_tokenizer
+from data_pipelines.shapes.tokenizer import write_tokenizer
+from data_pipelines.shapes.world import ShapesData, ShapesSpec, generate
 from vllava_jax import cli
 from vllava_jax.checkpoint.write import save_hf
 
@@ -65,7 +63,11 @@ def train_stage(stage: str, init: epath.Path, annotations: list[epath.Path], med
     config.data.weights = list(weights or [1.0 / len(annotations)] * len(annotations))
     run_dir = workdir / "runs" / stage
     result = train(config, run_dir, make_data(config, build_model_config(config)))
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = result.losses
+    earlier = config.total_steps - len(losses)
+    if earlier:  # a resumed run: train() returns the steps it ran, the earlier ones are in its log
+        logged = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses = logged[:earlier] + losses
     return export_run(config, result, workdir / "checkpoints" / stage, init), losses
 
 
@@ -86,17 +88,14 @@ def evaluate(model: epath.Path, data: ShapesData, out: epath.Path, kinds=("video
 
 
 def example_answer(model: epath.Path, data: ShapesData) -> tuple[str, str, str, str]:
-    """(clip, question, truth, answer) for the first held-out clip, answered by the generate CLI."""
-    from vllava_jax import generate as generate_cli
+    """(clip, question, truth, answer) for the first held-out clip, answered as the generate CLI does."""
+    from vllava_jax import generate
 
     question = json.loads((data.video_eval / "test_q.json").read_text())[0]
     truth = json.loads((data.video_eval / "test_a.json").read_text())[0]["answer"]
     clip = str(data.video_eval / "videos" / f"{question['video_name']}.mp4")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        generate_cli.main(["--model", str(model), "--video", clip, "--prompt", question["question"],
-                           "--max-new-tokens", "8"])
-    return clip, question["question"], truth, out.getvalue().strip()
+    answer = generate.ask(model, question["question"], videos=[clip], max_new_tokens=8)
+    return clip, question["question"], truth, answer.strip()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -123,7 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Runs the demo; returns the metrics document it writes to WORKDIR/metrics.json."""
-    from vllava_jax.demo_plot import write_plot
+    from vllava_jax.demo.plot import write_plot
 
     args = parse_args(argv)
     workdir = cli.make_output_dir(args.workdir, "--workdir")
@@ -171,6 +170,3 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"done in {metrics['total_seconds']:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in seconds.items())})")
     return metrics
 
-
-if __name__ == "__main__":
-    cli.run(main, resumable=True)

@@ -14,7 +14,7 @@ import json
 import sentencepiece as spm
 from etils import epath
 
-from data_pipelines.shapes import corpus
+from data_pipelines.shapes.world import corpus
 from vllava_jax.processing.conversation import LLAVA_SYSTEM, VICUNA_SYSTEM
 
 ADDED = ("<image>", "<video>", "<pad>")

@@ -25,7 +25,7 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
-from data_pipelines.shapes_media import COLORS, DIRECTIONS, SHAPES, render, write_moving_clip
+from data_pipelines.shapes.media import COLORS, DIRECTIONS, SHAPES, render, write_moving_clip
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # as LLaVA's short-answer data
 

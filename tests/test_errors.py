@@ -95,3 +95,11 @@ def test_sharded_checkpoint_loads(tmp_path, rng):
     a = vllava_jax.load_pretrained(tmp_path)(ids).logits
     b = vllava_jax.load_pretrained(tmp_path / "sharded")(ids).logits
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_malformed_run_config_is_a_config_error_naming_it(tmp_path):
+    from vllava_jax.train.run_config import RUN_CONFIG, check_resume
+
+    (tmp_path / RUN_CONFIG).write_text('{"stage": "full",')
+    with pytest.raises(vllava_jax.errors.ConfigError, match=rf"{RUN_CONFIG}: not valid JSON"):
+        check_resume(tmp_path, {"stage": "full"})

@@ -130,6 +130,23 @@ def cost_lines(cost, xla_cost: dict) -> list[str]:
     return lines
 
 
+def compile_and_describe(lowered, budget: float, heading: str):
+    """Compile, then print per-chip memory (with the verdict against `budget`) and costs under `heading`."""
+    from vllava_jax.train import hlo_stats
+
+    began = time.perf_counter()
+    compiled = lowered.compile()
+    print(f"  compiled in {time.perf_counter() - began:.0f} s")
+    lines, total = memory_lines(compiled, budget)
+    print("memory per chip:")
+    print("\n".join(lines))
+    program = hlo_stats.Program(compiled.as_text())
+    cost = program.cost()
+    print(heading)
+    print("\n".join(cost_lines(cost, compiled.cost_analysis() or {})))
+    return compiled, program, cost, total
+
+
 MODEL_AXES = ("fsdp", "tensor")  # the axes that split parameters; data replicates them by design
 
 
@@ -163,7 +180,7 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
     import jax
 
     from vllava_jax.sharding import make_mesh
-    from vllava_jax.train import flops, hlo_stats, programs, roofline
+    from vllava_jax.train import flops, programs, roofline
 
     accum = config.accum_steps
     rows = global_batch // accum
@@ -174,17 +191,8 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
           f"remat={config.remat}, params {config.get('param_dtype', 'float32')} / compute "
           f"{config.get('compute_dtype', 'bfloat16')}")
     print(f"  mesh data={choice.data} fsdp={choice.fsdp} tensor={choice.tensor} ({choice.note})")
-    began = time.perf_counter()
     lowered, train = programs.lower_train_step(config, model_config, mesh, accum, rows)
-    compiled = lowered.compile()
-    print(f"  compiled in {time.perf_counter() - began:.0f} s")
-    lines, total = memory_lines(compiled, budget)
-    print("memory per chip:")
-    print("\n".join(lines))
-    program = hlo_stats.Program(compiled.as_text())
-    cost = program.cost()
-    print("per chip:")
-    print("\n".join(cost_lines(cost, compiled.cost_analysis() or {})))
+    compiled, program, cost, total = compile_and_describe(lowered, budget, "per chip:")
 
     problems = []
     if model_split(mesh) > 1:  # a data-parallel-only mesh replicates every parameter by choice
@@ -242,23 +250,15 @@ def check_generation_flags(args, model_config) -> None:
 
 def generation_report(args, model_config, devices, tensor: int, budget) -> Verdict:
     from vllava_jax.sharding import make_mesh
-    from vllava_jax.train import hlo_stats, programs
+    from vllava_jax.train import programs
 
     chips = len(devices)
     mesh = make_mesh(chips // tensor, 1, tensor, devices=devices)
     print(f"\ngeneration: {args.gen_batch} prompts x {args.prompt_len} tokens (one video each) + {args.new_tokens} "
           f"new tokens, greedy, bfloat16; mesh data={chips // tensor} tensor={tensor}")
-    began = time.perf_counter()
-    compiled = programs.lower_generation(model_config, mesh, args.gen_batch, args.prompt_len,
-                                         args.new_tokens).compile()
-    print(f"  compiled in {time.perf_counter() - began:.0f} s")
-    lines, total = memory_lines(compiled, budget)
-    print("memory per chip:")
-    print("\n".join(lines))
-    program = hlo_stats.Program(compiled.as_text())
-    cost = program.cost()
-    print("per chip (the decode loop counted at its bound, --new_tokens):")
-    print("\n".join(cost_lines(cost, compiled.cost_analysis() or {})))
+    lowered = programs.lower_generation(model_config, mesh, args.gen_batch, args.prompt_len, args.new_tokens)
+    _, program, _, total = compile_and_describe(lowered, budget,
+                                                "per chip (the decode loop counted at its bound, --new_tokens):")
     problems = [f"(L x L) float array: {found}" for found in
                 program.float_arrays_ending_in({args.prompt_len, args.prompt_len + args.new_tokens})[:3]]
     print_checks(problems)

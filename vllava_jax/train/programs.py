@@ -25,7 +25,7 @@ from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 from vllava_jax.sharding import activation_sharding, logical_to_spec, state_shardings
 from vllava_jax.train import partition
-from vllava_jax.train.loop import batch_shardings, build_model_config, policy_from_config
+from vllava_jax.train.loop import batch_shardings, policy_from_config
 from vllava_jax.train.optimizer import make_optimizer
 from vllava_jax.train.step import TrainState, train_step
 

@@ -1,7 +1,8 @@
 """Will it fit? Compile the real train step and generation for a TPU slice on this machine, no TPU needed.
 
     python -m vllava_jax.train.aot --config configs/video_llava_7b_stage2.py --topology v5p-128 \\
-        [--global_batch 128] [--gen_batch 8 --prompt_len 2112 --new_tokens 128] [--config.key=value]
+        [--global_batch 128] [--gen_batch 8 --prompt_len 2112 --new_tokens 128] [--program train]
+        [--config.key=value]
 
 Needs libtpu (`pip install -e ".[tpu-aot]"`). The slice's devices come from libtpu as compile-only
 devices; the config's mesh is built over them; the trainer's own step (stage, remat, accumulation
@@ -53,7 +54,7 @@ def make_flags(argv: list[str]):
     flags.DEFINE_integer("gen_tensor", 0, "generation mesh's tensor axis (default: the largest of 8, 4, 2, 1 "
                          "dividing the chips and the KV heads); the rest of the chips split the rows", flag_values=fv)
     flags.DEFINE_float("hbm_gib", 0.0, "per-chip memory budget in GiB (default: the chip's HBM)", flag_values=fv)
-    flags.DEFINE_bool("skip_generation", False, "compile the train step only", flag_values=fv)
+    flags.DEFINE_enum("program", "both", ["both", "train", "generation"], "which programs to compile", flag_values=fv)
     flags.DEFINE_bool("debug", False, "show tracebacks", flag_values=fv)
     return fv
 
@@ -289,7 +290,7 @@ def run(fv) -> int:
     choice = choose_mesh(config.mesh.to_dict(), slice_.chips, global_batch // config.accum_steps,
                          model_config.text_config.num_attention_heads)
     tensor = 0
-    if not fv.skip_generation:
+    if fv.program != "train":
         check_generation_flags(fv, model_config)
         tensor = generation_tensor(slice_.chips, model_config.text_config.num_key_value_heads, fv.gen_tensor)
     budget = fv.hbm_gib * GIB if fv.hbm_gib else slice_.chip.hbm_bytes
@@ -298,8 +299,10 @@ def run(fv) -> int:
           f"({slice_.chip.hbm_bytes / GIB:.0f} GiB HBM, {slice_.chip.peak_flops / 1e12:.0f} TFLOP/s bf16, "
           f"{slice_.chip.hbm_bandwidth / 1e9:,.0f} GB/s HBM, {slice_.chip.ici_bandwidth / 1e9:,.0f} GB/s ICI); "
           f"budget {budget / GIB:.2f} GiB per chip")
-    verdicts = [train_report(config, model_config, slice_.chip, devices, global_batch, choice, budget)]
-    if not fv.skip_generation:
+    verdicts = []
+    if fv.program != "generation":
+        verdicts.append(train_report(config, model_config, slice_.chip, devices, global_batch, choice, budget))
+    if fv.program != "train":
         verdicts.append(generation_report(fv, model_config, devices, tensor, budget))
     failed = 0
     for v in verdicts:

@@ -209,18 +209,21 @@ def _flops(ins: Instruction, shapes: dict[str, str]) -> float:
             return 0.0
         contracted = math.prod(lhs[0][1][d] for d in _dims(ins.attributes, "lhs_contracting_dims"))
         return 2.0 * sum(math.prod(d) for _, d in arrays(ins.shape)) * contracted
-    if ins.opcode == "convolution":
-        # TPU rewrites batched dots as convolutions whose batch dims are windows with lhs dilation:
-        # an output then meets ceil(size / dilation) kernel positions per window dim, not size.
-        kernel = arrays(shapes.get(ins.operands[1], "")) if len(ins.operands) > 1 else []
-        labels = re.search(r"dim_labels=\w+_(\w+)->", ins.attributes)
-        if not kernel or not labels:
-            return 0.0
-        inputs = math.prod(n for n, label in zip(kernel[0][1], labels.group(1)) if label == "i")
-        size = re.search(r"size=([0-9x]+)", ins.attributes)
-        dilation = re.search(r"lhs_dilate=([0-9x]+)", ins.attributes)
-        window = [int(n) for n in size.group(1).split("x")] if size else []
-        dilate = [int(n) for n in dilation.group(1).split("x")] if dilation else [1] * len(window)
-        positions = math.prod(-(-w // d) for w, d in zip(window, dilate))
-        return 2.0 * sum(math.prod(d) for _, d in arrays(ins.shape)) * inputs * positions
-    return 0.0
+    if ins.opcode != "convolution":
+        return 0.0
+    # TPU rewrites dots as convolutions: batch dims become windows with lhs dilation, or a size-1
+    # input dim a padded window. An output meets at most ceil(window / dilation) and at most
+    # (input size) real input positions per window dim, not the window's size.
+    operands = [arrays(shapes.get(o, "")) for o in ins.operands[:2]]
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->", ins.attributes)
+    if len(operands) < 2 or not all(operands) or not labels:
+        return 0.0
+    lhs, kernel = operands[0][0][1], operands[1][0][1]
+    inputs = math.prod(n for n, label in zip(kernel, labels.group(2)) if label == "i")
+    size = re.search(r"size=([0-9x]+)", ins.attributes)
+    dilation = re.search(r"lhs_dilate=([0-9x]+)", ins.attributes)
+    window = [int(n) for n in size.group(1).split("x")] if size else []
+    dilate = [int(n) for n in dilation.group(1).split("x")] if dilation else [1] * len(window)
+    spatial = [lhs[labels.group(1).index(str(k))] for k in range(len(window))]
+    positions = math.prod(min(-(-w // d), n) for w, d, n in zip(window, dilate, spatial))
+    return 2.0 * sum(math.prod(d) for _, d in arrays(ins.shape)) * inputs * positions

@@ -34,7 +34,8 @@ def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig)
     "synthetic" makes random batches.
     """
     data = config.data
-    check_max_length(config, model_config)
+    if model_config is not None:
+        check_max_length(config, model_config)
     if data.kind == "synthetic":
         import jax
 

@@ -113,3 +113,14 @@ def test_user_mistakes_are_one_error_line(capsys, flags, message):
     assert aot.main(["aot", *TINY, *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_replicated_leaves_are_matched_by_path(v5p_8):
+    """A compiled program drops inputs it never reads: its shardings must be matched by path, not order."""
+    mesh = Mesh(np.asarray(v5p_8).reshape(1, 4, 1), ("data", "fsdp", "tensor"))
+    split, whole = NamedSharding(mesh, PartitionSpec("fsdp")), NamedSharding(mesh, PartitionSpec())
+    leaf = jax.ShapeDtypeStruct((64, 8), jnp.float32)
+    params = {"language_model": {"a": leaf, "b": leaf, "unused": leaf}, "video_tower": {"w": leaf}}
+    compiled = {"language_model": {"a": split, "b": whole}, "video_tower": {"w": whole}}
+    found = aot.replicated(aot.flatten(params), compiled)
+    assert found == ["['language_model']['b'] (64, 8)"]

@@ -161,14 +161,18 @@ def unsplit(sharding) -> bool:
     return not any(sharding.mesh.shape[a] > 1 for a in used & set(MODEL_AXES))
 
 
-def replicated(abstract_leaves, shardings, skip=("image_tower", "video_tower")) -> list[str]:
-    """Paths of leaves holding >= REPLICATED_SHARE of their group's bytes that no model axis splits."""
+def replicated(abstract_leaves, sharding_tree, skip=("image_tower", "video_tower")) -> list[str]:
+    """Paths of leaves holding >= REPLICATED_SHARE of their group's bytes that no model axis splits.
+
+    Shardings are matched by path: a compiled program leaves out inputs it never reads."""
     import jax
 
-    leaves = [(jax.tree_util.keystr(p), x, s) for (p, x), s in zip(abstract_leaves, shardings)
+    shardings = {jax.tree_util.keystr(p): s for p, s in flatten(sharding_tree)}
+    leaves = [(jax.tree_util.keystr(p), x) for p, x in abstract_leaves
               if not any(name in jax.tree_util.keystr(p) for name in skip)]
-    threshold = REPLICATED_SHARE * sum(x.size * x.dtype.itemsize for _, x, _ in leaves)
-    return [f"{path} {tuple(x.shape)}" for path, x, s in leaves if x.size * x.dtype.itemsize >= threshold and unsplit(s)]
+    threshold = REPLICATED_SHARE * sum(x.size * x.dtype.itemsize for _, x in leaves)
+    return [f"{path} {tuple(x.shape)}" for path, x in leaves
+            if x.size * x.dtype.itemsize >= threshold and path in shardings and unsplit(shardings[path])]
 
 
 def flatten(tree):
@@ -201,7 +205,7 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
         for name, tree, sharding in (("trainable parameter / optimizer state", train.state, in_state),
                                      ("frozen decoder parameter", train.frozen, in_frozen),
                                      ("updated parameter / optimizer state", train.state, compiled.output_shardings[0])):
-            found = replicated(flatten(tree), jax.tree.leaves(sharding))
+            found = replicated(flatten(tree), sharding)
             if found:
                 problems.append(f"{len(found)} {name} leaves replicated over fsdp x tensor, e.g. {found[0]}")
     layer_bytes = sum(x.size * 4 for p, x in flatten(train.state.params) + flatten(train.frozen)

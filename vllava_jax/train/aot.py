@@ -213,7 +213,7 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
     layer_bytes /= text.num_hidden_layers
     kind, largest = max(cost.largest.items(), key=lambda item: item[1], default=("", 0))
     if largest > layer_bytes:
-        problems.append(f"a {kind} of {largest / 2 ** 20:.1f} MiB, more than one decoder layer's parameters in float32 "
+        problems.append(f"{'an' if kind[0] == 'a' else 'a'} {kind} of {largest / 2 ** 20:.1f} MiB, more than one decoder layer's parameters in float32 "
                         f"({layer_bytes / 2 ** 20:.1f} MiB): a whole stacked weight, gradient or batch-wide buffer "
                         "moved at once")
     for found in program.float_arrays_ending_in({config.max_length})[:3]:

@@ -83,7 +83,11 @@ def _decode(model, tokens, positions, cache, slot):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7))
-def _generate_all(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig):
+def generate_program(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig):
+    """Prefill and the whole decode loop as one jitted program: (new tokens, steps taken).
+
+    `generate` runs it; `train.programs.lower_generation` compiles it ahead of time for a pod.
+    """
     model = nnx.merge(graphdef, state)
     batch, length = input_ids.shape
     logits, cache, positions = _prefill(model, input_ids, attention_mask, images, videos,
@@ -152,7 +156,7 @@ def generate(model, input_ids, attention_mask=None, pixel_values_images=None, pi
                                  sampling, pad_to_multiple)
     key = jax.random.key(0) if key is None else key
     with jax.default_matmul_precision(model.policy.matmul_precision):
-        out, steps = _generate_all(model.graphdef, model.state, jnp.asarray(ids, jnp.int32),
+        out, steps = generate_program(model.graphdef, model.state, jnp.asarray(ids, jnp.int32),
                                    jnp.asarray(mask, jnp.int32), optional_array(pixel_values_images),
                                    optional_array(pixel_values_videos), key, sampling)
     return np.concatenate([ids[:, extra:], np.asarray(out)[:, : int(steps)]], axis=1)

@@ -9,6 +9,21 @@ from vllava_jax.errors import ConfigError
 from vllava_jax.train.synthetic import SyntheticBatches
 
 
+def check_max_length(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig) -> None:
+    """Refuse a `max_length` that cannot hold BOS, one medium and one answer token of each kind the data
+    reads (annotation files may hold images and videos; synthetic batches hold images): every such
+    sample would be skipped. An 8-frame video is 2,056 tokens at 224 px; the original truncates
+    after expanding them at 3,072 (`--tokenizer_model_max_length`)."""
+    kinds = {"image": model_config.image_seq_length}
+    if config.data.kind != "synthetic":
+        kinds["video"] = model_config.video_seq_length(model_config.video_tower_config.num_frames)
+    for kind, tokens in kinds.items():
+        if config.max_length < tokens + 2:
+            raise ConfigError(f"config.max_length {config.max_length} cannot hold one {kind} ({tokens} visual tokens) "
+                              f"with BOS and an answer token: every {kind} sample would be skipped; set it to at "
+                              f"least {tokens + 2} (the 7B recipes use 3072)")
+
+
 def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig):
     """An iterator of fixed-shape batches (data_pipelines.batching's contract) with get/set_state.
 
@@ -19,6 +34,8 @@ def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig)
     "synthetic" makes random batches.
     """
     data = config.data
+    if model_config is not None:
+        check_max_length(config, model_config)
     if data.kind == "synthetic":
         import jax
 

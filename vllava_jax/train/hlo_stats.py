@@ -1,0 +1,229 @@
+"""What a compiled program does per chip, read from its optimized HLO text (`compiled.as_text()`).
+
+XLA's `cost_analysis()` counts the body of a loop once, and Video-LLaVA's step is loops (layers
+scanned, microbatches accumulated, tokens decoded), so it under-counts by the trip counts. Here
+every computation is weighted by how often it runs: a `while` body by its trip count (the integer
+bound its condition compares against; the decode loop's is its upper bound, `max_new_tokens`),
+a `conditional` by its costliest branch. Counted per chip (the HLO is one chip's program):
+
+- FLOPs of `dot` and `convolution` (2 x multiply-adds), wherever they sit (fusions included);
+- HBM bytes: operands + results of every top-level instruction (fusions read their inputs and
+  write their outputs once; what stays inside a fusion never reaches HBM), as XLA models it;
+- collectives: all-gather, reduce-scatter (TPU emits it as an all-reduce inside an
+  `all-reduce-scatter` fusion), all-reduce, all-to-all, collective-permute, with the size of the
+  whole buffer each one moves.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+               "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5}
+FLOAT_TYPES = ("f16", "bf16", "f32", "f64")
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]")
+_HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \((.*)\) -> .* \{$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
+_FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "conditional", "call",
+         "after-all", "partition-id", "replica-id", "opt-barrier", "all-gather-done", "all-reduce-done",
+         "collective-permute-done", "async-done", "copy-done", "send-done", "recv-done"}
+
+
+def arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(dtype, dims) of every array in an HLO shape, tuples flattened."""
+    return [(t, tuple(int(d) for d in dims.split(",") if d)) for t, dims in _ARRAY.findall(shape)
+            if t in DTYPE_BYTES]
+
+
+def shape_bytes(shape: str) -> float:
+    return sum(DTYPE_BYTES[t] * math.prod(dims) for t, dims in arrays(shape))
+
+
+@dataclasses.dataclass
+class Instruction:
+    name: str
+    shape: str
+    opcode: str
+    operands: list[str]
+    attributes: str
+    literal: str  # the text inside the parentheses (a constant's value)
+
+
+def _split_instruction(text: str) -> tuple[str, str, str, str]:
+    """'shape opcode(operands), attributes' -> its four parts (shapes may be nested tuples)."""
+    depth, i = 0, 0
+    if text.startswith("("):
+        for i, ch in enumerate(text):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0:
+                break
+        shape, rest = text[: i + 1], text[i + 1:].lstrip()
+    else:
+        shape, _, rest = text.partition(" ")
+    opcode, _, rest = rest.partition("(")
+    depth, end = 1, 0
+    for end, ch in enumerate(rest):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0:
+            break
+    return shape, opcode.strip(), rest[:end], rest[end + 1:]
+
+
+def parse(hlo: str) -> tuple[dict[str, list[Instruction]], str]:
+    """Computations by name (instructions in order) and the entry computation's name."""
+    computations: dict[str, list[Instruction]] = {}
+    entry, current = "", None
+    for line in hlo.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = computations.setdefault(header.group(2), [])
+            entry = header.group(2) if header.group(1) else entry
+            continue
+        match = _INSTRUCTION.match(line) if current is not None else None
+        if match:
+            shape, opcode, operands, attributes = _split_instruction(match.group(2))
+            names = re.findall(r"%([\w.\-]+)", operands)
+            current.append(Instruction(match.group(1), shape, opcode, names, attributes, operands.strip()))
+    return computations, entry
+
+
+@dataclasses.dataclass
+class Cost:
+    flops: float = 0.0
+    hbm_bytes: float = 0.0
+    collectives: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> bytes
+    counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> executions
+    largest: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> max bytes
+
+    def add(self, other: Cost, times: float = 1.0) -> None:
+        self.flops += other.flops * times
+        self.hbm_bytes += other.hbm_bytes * times
+        for kind in other.collectives:
+            self.collectives[kind] += other.collectives[kind] * times
+            self.counts[kind] += other.counts[kind] * times
+            self.largest[kind] = max(self.largest[kind], other.largest[kind])
+
+
+def _called(attributes: str, key: str) -> list[str]:
+    match = re.search(key + r"=\{?([^}]*?)\}?(?:,|$)", attributes)
+    return re.findall(r"%([\w.\-]+)", match.group(1)) if match else []
+
+
+def trip_count(condition: list[Instruction]) -> int | None:
+    """A loop's bound: the positive integer constant its condition compares the counter against."""
+    bounds = [int(i.literal) for i in condition
+              if i.opcode == "constant" and re.fullmatch(r"[su]\d+\[\]", i.shape.split("{")[0])
+              and re.fullmatch(r"\d+", i.literal) and int(i.literal) > 0]
+    return max(bounds) if bounds else None
+
+
+class Program:
+    """Per-chip cost of one compiled program's HLO."""
+
+    def __init__(self, hlo: str):
+        self.computations, self.entry = parse(hlo)
+        self._memo: dict[str, Cost] = {}
+        self.unknown_loops = 0
+
+    def cost(self, name: str | None = None) -> Cost:
+        name = name or self.entry
+        if name not in self._memo:
+            self._memo[name] = self._cost(name)
+        return self._memo[name]
+
+    def _cost(self, name: str) -> Cost:
+        instructions = self.computations[name]
+        shapes = {i.name: i.shape for i in instructions}
+        total = Cost()
+        for ins in instructions:
+            total.flops += _flops(ins, shapes)
+            kind = _collective_kind(ins, name)
+            if kind:
+                size = _collective_bytes(ins, shapes)
+                total.collectives[kind] += size
+                total.counts[kind] += 1
+                total.largest[kind] = max(total.largest[kind], size)
+            if not name.startswith(("fused", "wrapped", "all-reduce-scatter")) and ins.opcode not in _FREE:
+                total.hbm_bytes += shape_bytes(ins.shape) + sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
+            if ins.opcode == "while":
+                body, condition = _called(ins.attributes, "body"), _called(ins.attributes, "condition")
+                trips = trip_count(self.computations[condition[0]]) if condition else None
+                if trips is None:
+                    self.unknown_loops += 1
+                total.add(self.cost(body[0]), trips or 1)
+            elif ins.opcode == "conditional":
+                branches = [self.cost(b) for b in _called(ins.attributes, "branch_computations")]
+                if branches:
+                    total.add(max(branches, key=lambda c: (c.flops, c.hbm_bytes)))
+            else:
+                for callee in _called(ins.attributes, "calls"):
+                    total.add(self.cost(callee))
+        return total
+
+    def float_arrays_ending_in(self, sizes: set[int]) -> list[str]:
+        """Instructions whose result holds a float array with two trailing dims (n, n), n in `sizes`."""
+        found = []
+        for computation, instructions in self.computations.items():
+            for ins in instructions:
+                for dtype, dims in arrays(ins.shape):
+                    if dtype in FLOAT_TYPES and len(dims) >= 2 and dims[-1] == dims[-2] and dims[-1] in sizes:
+                        op = re.search(r'op_name="([^"]*)"', ins.attributes)
+                        found.append(f"{dtype}[{','.join(map(str, dims))}] {ins.opcode} in {computation}"
+                                     + (f" ({op.group(1)})" if op else ""))
+        return found
+
+
+def _collective_kind(ins: Instruction, computation: str) -> str | None:
+    base = ins.opcode.removesuffix("-start")
+    if base not in COLLECTIVES:
+        return None
+    if base == "all-reduce" and computation.startswith("all-reduce-scatter"):
+        return "reduce-scatter"
+    return base
+
+
+def _collective_bytes(ins: Instruction, shapes: dict[str, str]) -> float:
+    """The whole buffer a collective moves: the gathered result, the scattered input, the reduced buffer."""
+    if ins.opcode == "all-gather-start":
+        return max((DTYPE_BYTES[t] * math.prod(d) for t, d in arrays(ins.shape)), default=0)
+    if ins.opcode in ("reduce-scatter", "collective-permute-start"):
+        return sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
+    return shape_bytes(ins.shape)
+
+
+def _dims(attributes: str, key: str) -> list[int]:
+    match = re.search(key + r"=\{([0-9,]*)\}", attributes)
+    return [int(d) for d in match.group(1).split(",") if d] if match else []
+
+
+def _flops(ins: Instruction, shapes: dict[str, str]) -> float:
+    if ins.opcode == "dot":
+        lhs = arrays(shapes.get(ins.operands[0], ""))
+        if not lhs:
+            return 0.0
+        contracted = math.prod(lhs[0][1][d] for d in _dims(ins.attributes, "lhs_contracting_dims"))
+        return 2.0 * sum(math.prod(d) for _, d in arrays(ins.shape)) * contracted
+    if ins.opcode != "convolution":
+        return 0.0
+    # TPU rewrites dots as convolutions: batch dims become windows with lhs dilation, or a size-1
+    # input dim a padded window. An output meets at most ceil(window / dilation) and at most
+    # (input size) real input positions per window dim, not the window's size.
+    operands = [arrays(shapes.get(o, "")) for o in ins.operands[:2]]
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->", ins.attributes)
+    if len(operands) < 2 or not all(operands) or not labels:
+        return 0.0
+    lhs, kernel = operands[0][0][1], operands[1][0][1]
+    inputs = math.prod(n for n, label in zip(kernel, labels.group(2)) if label == "i")
+    size = re.search(r"size=([0-9x]+)", ins.attributes)
+    dilation = re.search(r"lhs_dilate=([0-9x]+)", ins.attributes)
+    window = [int(n) for n in size.group(1).split("x")] if size else []
+    dilate = [int(n) for n in dilation.group(1).split("x")] if dilation else [1] * len(window)
+    spatial = [lhs[labels.group(1).index(str(k))] for k in range(len(window))]
+    positions = math.prod(min(-(-w // d), n) for w, d, n in zip(window, dilate, spatial))
+    return 2.0 * sum(math.prod(d) for _, d in arrays(ins.shape)) * inputs * positions

@@ -1,0 +1,41 @@
+"""A stated step-time model from a compiled program's per-chip figures (`hlo_stats.Cost`).
+
+    step = max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) + collective bytes / ICI bandwidth
+
+Compute and memory traffic overlap; collectives are assumed not to (pessimistic: XLA overlaps
+much of FSDP's gathers with compute). Collective bytes per chip: the buffer size of each
+all-gather, reduce-scatter, all-to-all and collective-permute, twice that of each all-reduce (a
+ring moves (n-1)/n of the buffer per phase; taken as 1), over the chip's bidirectional ICI
+bandwidth (all links). MFU counts model FLOPs only (`train.flops`), not rematerialization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vllava_jax.train.hlo_stats import Cost
+from vllava_jax.train.topology import Chip
+
+
+def ici_bytes(cost: Cost) -> float:
+    return sum(size * (2 if kind == "all-reduce" else 1) for kind, size in cost.collectives.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class StepEstimate:
+    compute_s: float
+    memory_s: float
+    ici_s: float
+
+    @property
+    def step_s(self) -> float:
+        return max(self.compute_s, self.memory_s) + self.ici_s
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_s >= self.memory_s else "HBM bandwidth"
+
+
+def estimate(cost: Cost, chip: Chip) -> StepEstimate:
+    return StepEstimate(cost.flops / chip.peak_flops, cost.hbm_bytes / chip.hbm_bandwidth,
+                        ici_bytes(cost) / chip.ici_bandwidth)

@@ -124,3 +124,17 @@ def test_replicated_leaves_are_matched_by_path(v5p_8):
     compiled = {"language_model": {"a": split, "b": whole}, "video_tower": {"w": whole}}
     found = aot.replicated(aot.flatten(params), compiled)
     assert found == ["['language_model']['b'] (64, 8)"]
+
+
+@pytest.mark.parametrize("compute_dtype, kernels", [("bfloat16", True), ("float32", False)])
+def test_the_tpu_train_step_runs_the_pallas_flash_kernel_in_16_bit(monkeypatch, compute_dtype, kernels):
+    """The attention dispatch reads the TPU mesh `train.aot` lowers under, not this CPU host:
+    16-bit compute gets the Pallas flash kernel (Mosaic `tpu_custom_call`s), float32 keeps XLA's."""
+    from vllava_jax.train import programs
+
+    lowered = []
+    real = programs.lower_train_step
+    monkeypatch.setattr(programs, "lower_train_step", lambda *a, **k: lowered.append(real(*a, **k)) or lowered[-1])
+    flags = [f for f in TINY if not f.startswith(("--gen_batch", "--prompt_len", "--new_tokens"))]
+    assert aot.main(["aot", *flags, f"--config.compute_dtype={compute_dtype}", "--program=train"]) == 0
+    assert ("tpu_custom_call" in lowered[0][0].as_text()) == kernels

@@ -115,7 +115,8 @@ def _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, vide
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=2)
-def _decode_until(graphdef, state, decoding: Decoding, stop, sampling: SamplingConfig):
+def decode_loop(graphdef, state, decoding: Decoding, stop, sampling: SamplingConfig) -> tuple[Decoding, Emitted]:
+    """The compiled program behind `decode` (public so its HLO can be inspected)."""
     model = nnx.merge(graphdef, state)
     prompt_length = decoding.cache.valid.shape[1] - sampling.max_new_tokens
 
@@ -152,7 +153,7 @@ def decode(model, decoding: Decoding, stop: int, *, sampling: SamplingConfig) ->
     asynchronously), so the next call can be queued before this one's tokens are read.
     """
     with jax.default_matmul_precision(model.policy.matmul_precision):
-        return _decode_until(model.graphdef, model.state, decoding, jnp.int32(stop), sampling)
+        return decode_loop(model.graphdef, model.state, decoding, jnp.int32(stop), sampling)
 
 
 def prepare_prompt(model, input_ids, attention_mask, images, videos, sampling: SamplingConfig, pad_to_multiple: int):

@@ -68,19 +68,23 @@ REFERENCE_GROUPS = {"model.video_tower.": "video_tower", "model.image_tower.": "
                     "lm_head.": "language_model"}
 
 
-def reference_step(reference, stage: str, batch: dict[str, np.ndarray]):
-    """A closure running one transformers training step on `batch` (the stage's groups trained); returns its loss."""
+def reference_step(reference, stage: str, batch: dict[str, np.ndarray], autocast: torch.dtype | None = None):
+    """A closure running one transformers training step on `batch` (the stage's groups trained) on
+    the reference's device, under autocast to `autocast` if given, with torch's fused AdamW on a
+    GPU; returns its loss."""
     for name, p in reference.named_parameters():
         group = next(g for prefix, g in REFERENCE_GROUPS.items() if name.startswith(prefix))
         p.requires_grad_(any(re.search(pattern, group + "/") for pattern in partition.STAGES[stage]))
     params = [p for p in reference.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
-    inputs = {k: torch.as_tensor(v) for k, v in batch.items()}
+    device = params[0].device
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, fused=True if device.type == "cuda" else None)
+    inputs = {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
     reference.train()
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = reference(**inputs).loss
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            loss = reference(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -15,7 +15,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -28,29 +27,27 @@ from vllava_jax.modeling.video_llava import VideoLlavaModel
 from vllava_jax.train import partition
 from vllava_jax.train.optimizer import make_optimizer
 from vllava_jax.sharding import make_mesh
-from vllava_jax.train.state import jit_train_step
-from vllava_jax.train.step import TrainState
+from vllava_jax.train.state import abstract_train_state, jit_train_step
 
 
 def abstract_step_inputs(layers: int, args) -> tuple:
     """(graphdef, optimizer, state, frozen, batches) as shapes only, for a decoder `layers` deep,
-    each placed (replicated) on a one-device mesh as `train.state.create_train_state` places them."""
+    placed on a one-device mesh as `train.state.create_train_state` places them."""
     hf = small_config(args.image_size)
     hf.text_config.num_hidden_layers = layers
     config = VideoLlavaConfig.from_hf_dict(hf.to_dict())
     model = nnx.eval_shape(lambda: VideoLlavaModel(config, DTypePolicy(), nnx.Rngs(0), args.remat))
     graphdef, trainable, frozen = partition.split_trainable(model, partition.STAGES[args.stage])
     optimizer, _ = make_optimizer(1e-5, 1000)
-    replicated = NamedSharding(make_mesh(devices=jax.devices()[:1]), PartitionSpec())
+    mesh = make_mesh(devices=jax.devices()[:1])
+    replicated = NamedSharding(mesh, PartitionSpec())
 
     def placed(x):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
 
-    state = jax.tree.map(placed, TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable,
-                                            jax.eval_shape(optimizer.init, trainable)))
     batch = labelled_batch(np.random.default_rng(0), args.batch, args.image_size, args.text_tokens)
     batches = {k: placed(jax.ShapeDtypeStruct((1, *v.shape), v.dtype)) for k, v in batch.items()}
-    return graphdef, optimizer, state, jax.tree.map(placed, frozen), batches
+    return graphdef, optimizer, abstract_train_state(trainable, optimizer, mesh), jax.tree.map(placed, frozen), batches
 
 
 def compile_seconds(inputs: tuple) -> float:

@@ -11,7 +11,6 @@ compilation stands in for the accelerator's: layouts and fusion differ somewhat,
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -33,9 +32,7 @@ def main() -> None:
 
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from configs import video_llava_7b
     from vllava_jax.config import DTypePolicy, VideoLlavaConfig
@@ -44,7 +41,7 @@ def main() -> None:
     from vllava_jax.train import partition
     from vllava_jax.train.loop import batch_shardings
     from vllava_jax.train.optimizer import make_optimizer
-    from vllava_jax.train.step import TrainState, train_step
+    from vllava_jax.train.state import abstract_train_state, jit_train_step
 
     config = VideoLlavaConfig.from_hf_dict(video_llava_7b.get_config().model.to_dict())
     policy = DTypePolicy(jnp.float32, jnp.bfloat16, "default")
@@ -52,18 +49,10 @@ def main() -> None:
     abstract = nnx.eval_shape(lambda: VideoLlavaModel(config, policy, nnx.Rngs(0), args.remat))
     graphdef, trainable, frozen = partition.split_trainable(abstract, partition.STAGES[args.stage])
 
-    def placed(state):
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
-                            state_shardings(state, mesh))
-
-    trainable, frozen = placed(trainable), placed(frozen)
+    frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), frozen,
+                          state_shardings(frozen, mesh))
     optimizer, _ = make_optimizer(2e-5, 1000)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shapes = jax.eval_shape(optimizer.init, trainable)
-    opt_state = optax.tree_map_params(
-        optimizer, lambda p, like: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=like.sharding), opt_shapes,
-        trainable, transform_non_params=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated))
-    state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trainable, opt_state)
+    state = abstract_train_state(trainable, optimizer, mesh)
     frames, size = 8, config.video_tower_config.image_size
     shapes = {"input_ids": (1, args.rows, args.seq), "labels": (1, args.rows, args.seq),
               "attention_mask": (1, args.rows, args.seq), "positions": (1, args.rows, args.seq),
@@ -73,14 +62,13 @@ def main() -> None:
     batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32), sharding=shardings[k]) for k, v in shapes.items()}
 
     start = time.perf_counter()
-    pinned = functools.partial(train_step, param_shardings=jax.tree.map(lambda x: x.sharding, trainable))
-    step = jax.jit(pinned, static_argnums=(0, 1), donate_argnums=(2,))
+    step = jit_train_step(graphdef, optimizer, state, frozen, shardings)
     with activation_sharding(mesh):
-        compiled = step.lower(graphdef, optimizer, state, frozen, batch).compile()
+        compiled = step.lower(state, frozen, batch).compile()
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     gib = 1024 ** 3
-    params = sum(x.size for x in jax.tree.leaves(trainable)) + sum(x.size for x in jax.tree.leaves(frozen))
+    params = sum(x.size for x in jax.tree.leaves(state.params)) + sum(x.size for x in jax.tree.leaves(frozen))
     print(f"7B {args.stage}, {params / 1e9:.2f}B params (float32 master, bfloat16 compute), mesh data={args.data} "
           f"fsdp={args.fsdp} tensor={args.tensor}, {args.rows} rows x {args.seq} tokens + one 8-frame video per row, "
           f"remat={args.remat}; compiled in {seconds:.0f}s on CPU")

@@ -39,18 +39,32 @@ def shardings_of(tree):
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def create_train_state(trainable: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-    """Step 0 of training `trainable` with `optimizer`, every leaf committed to `mesh`: parameters
-    by their logical axes (`sharding.state_shardings`), each optimizer moment created where its
-    parameter lives (never whole on one device), scalars replicated; the step counter int32,
-    never weakly typed."""
-    params = jax.device_put(trainable, state_shardings(trainable, mesh))
+def train_state_shardings(trainable: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """Where each leaf of the train state lives on `mesh`: parameters by their logical axes
+    (`sharding.state_shardings`), each optimizer moment with its parameter, scalars replicated.
+    `trainable` may be abstract (`nnx.eval_shape`)."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding,
-                                          jax.eval_shape(optimizer.init, params), shardings_of(params),
-                                          transform_non_params=lambda _: replicated)
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-    return TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), params, opt_state)
+    params = state_shardings(trainable, mesh)
+    opt_state = optax.tree_map_params(optimizer, lambda _, sharding: sharding, jax.eval_shape(optimizer.init, trainable),
+                                      params, transform_non_params=lambda _: replicated)
+    return TrainState(replicated, params, opt_state)
+
+
+def create_train_state(trainable: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """Step 0 of training `trainable` with `optimizer`, every leaf committed to its
+    `train_state_shardings` placement (moments created there, never whole on one device); the
+    step counter int32, never weakly typed."""
+    shardings = train_state_shardings(trainable, optimizer, mesh)
+    params = jax.device_put(trainable, shardings.params)
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    return TrainState(jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params, opt_state)
+
+
+def abstract_train_state(trainable: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """`create_train_state`'s result as shapes, dtypes and placements only (ahead-of-time compilation)."""
+    shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable, jax.eval_shape(optimizer.init, trainable))
+    return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes,
+                        train_state_shardings(trainable, optimizer, mesh))
 
 
 def jit_train_step(graphdef, optimizer: optax.GradientTransformation, state: TrainState, frozen: nnx.State,

@@ -49,10 +49,11 @@ def sampling_config(config, max_new_tokens: int = 32, temperature: float = 0.0, 
 
 
 def choose_tokens(logits: jax.Array, key: jax.Array, sampling: SamplingConfig) -> jax.Array:
-    """(batch, vocab) logits -> (batch,) next tokens."""
-    logits = logits.astype(jnp.float32)
+    """(batch, vocab) logits -> (batch,) next tokens; greedy picks from the logits as they are
+    (a float32 copy would pick the same), sampling works in float32."""
     if sampling.temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32)
     logits = logits / sampling.temperature
     if sampling.top_k > 0:
         kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][:, -1:]

@@ -163,8 +163,8 @@ class LlamaDecoder(nnx.Module):
             h, kv = carry
             return layer(h, cos, sin, mask, kv, slot, index), None
 
-        # The cache rides in the scan carry so every layer updates it in place, one token's worth
-        # of writes per step instead of a copy of the whole cache.
+        # Several tokens (a prompt): the cache rides in the scan carry and every layer writes its
+        # slice in place before attending over it.
         (h, (keys, values)), _ = scan_layers(self.layers, (h, (cache.keys, cache.values)), body,
                                              xs=jnp.arange(self.cfg.num_hidden_layers))
         return h[:, -1], KVCache(keys, values, valid)

@@ -3,7 +3,7 @@
 A jitted function compiles again whenever an argument's placement, dtype or weak type differs from
 the call before. A state built ad hoc (`TrainState(jnp.int32(0), params, jax.jit(opt.init)(params))`)
 holds uncommitted arrays on the first call, while the step returns committed ones: the second call
-compiled again (4-7 s for the 7B-shaped benchmark on a GPU). `create_train_state` places every leaf
+compiled again. `create_train_state` places every leaf
 as the step returns it, and `jit_train_step` pins those placements as the step's input and output
 shardings, so call 1, call 2 and every later call share one program.
 """

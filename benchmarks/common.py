@@ -45,6 +45,12 @@ def video_prompt(rng, batch: int, image_size: int, text_tokens: int):
     return np.tile(row, (batch, 1)), videos
 
 
+def synchronize() -> None:
+    """Wait for torch's queued GPU work (a no-op on the CPU), so the clock stops when it is done."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_seconds(fn, runs: int) -> float:
     """Median wall time of `fn` over `runs` calls after one warm-up call (compilation)."""
     fn()

@@ -11,14 +11,13 @@ one traces, lowers and compiles from scratch; the best of --repeats is reported.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks.common import small_config
 from benchmarks.train_step import labelled_batch
@@ -27,30 +26,38 @@ from vllava_jax.modeling.layers import REMAT_POLICIES
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 from vllava_jax.train import partition
 from vllava_jax.train.optimizer import make_optimizer
-from vllava_jax.train.step import TrainState, train_step
+from vllava_jax.sharding import make_mesh
+from vllava_jax.train.state import abstract_train_state, jit_train_step
 
 
 def abstract_step_inputs(layers: int, args) -> tuple:
-    """(graphdef, optimizer, state, frozen, batches) as shapes only, for a decoder `layers` deep."""
+    """(graphdef, optimizer, state, frozen, batches) as shapes only, for a decoder `layers` deep,
+    placed on a one-device mesh as `train.state.create_train_state` places them."""
     hf = small_config(args.image_size)
     hf.text_config.num_hidden_layers = layers
     config = VideoLlavaConfig.from_hf_dict(hf.to_dict())
     model = nnx.eval_shape(lambda: VideoLlavaModel(config, DTypePolicy(), nnx.Rngs(0), args.remat))
     graphdef, trainable, frozen = partition.split_trainable(model, partition.STAGES[args.stage])
     optimizer, _ = make_optimizer(1e-5, 1000)
-    state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable, jax.eval_shape(optimizer.init, trainable))
+    mesh = make_mesh(devices=jax.devices()[:1])
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def placed(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
+
     batch = labelled_batch(np.random.default_rng(0), args.batch, args.image_size, args.text_tokens)
-    batches = {k: jax.ShapeDtypeStruct((1, *v.shape), v.dtype) for k, v in batch.items()}
-    return graphdef, optimizer, state, frozen, batches
+    batches = {k: placed(jax.ShapeDtypeStruct((1, *v.shape), v.dtype)) for k, v in batch.items()}
+    return graphdef, optimizer, abstract_train_state(trainable, optimizer, mesh), jax.tree.map(placed, frozen), batches
 
 
 def compile_seconds(inputs: tuple) -> float:
     """Trace + lower + compile the step from scratch (fresh caches, fresh jit wrapper)."""
     jax.clear_caches()
-    step = jax.jit(functools.partial(train_step), static_argnums=(0, 1), donate_argnums=(2,))
+    graphdef, optimizer, state, frozen, batches = inputs
+    step = jit_train_step(graphdef, optimizer, state, frozen, batches["input_ids"].sharding)
     start = time.perf_counter()
     with jax.default_matmul_precision("highest"):
-        step.lower(*inputs).compile()
+        step.lower(state, frozen, batches).compile()
     return time.perf_counter() - start
 
 

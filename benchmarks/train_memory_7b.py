@@ -14,7 +14,6 @@ adapters (rank 128 on q/k/v/o/gate/up/down) and projector, dropout, the projecto
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -39,7 +38,6 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from configs import video_llava_7b, video_llava_7b_lora
     from vllava_jax.config import DTypePolicy, VideoLlavaConfig
@@ -48,7 +46,7 @@ def main() -> None:
     from vllava_jax.train import adapters, partition
     from vllava_jax.train.loop import batch_shardings
     from vllava_jax.train.optimizer import make_optimizer
-    from vllava_jax.train.step import TrainState, train_step
+    from vllava_jax.train.state import abstract_train_state, jit_train_step
 
     config = VideoLlavaConfig.from_hf_dict(video_llava_7b.get_config().model.to_dict())
     train_config = video_llava_7b_lora.get_config()
@@ -65,29 +63,11 @@ def main() -> None:
     abstract = nnx.eval_shape(build)
     graphdef, trainable, frozen = partition.split_trainable(abstract, partition.trainable_patterns(train_config))
 
-    def placed(state):
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
-                            state_shardings(state, mesh))
-
-    trainable, frozen = placed(trainable), placed(frozen)
+    frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), frozen,
+                          state_shardings(frozen, mesh))
     optimizer, _ = make_optimizer(train_config.learning_rate, 1000,
                                   group_lrs=adapters.group_learning_rates(train_config))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shapes = jax.eval_shape(optimizer.init, trainable)
-
-    def names(key_path) -> tuple:
-        return tuple(k.key for k in key_path if isinstance(k, jax.tree_util.DictKey))
-
-    param_shardings = {names(p): x.sharding for p, x in jax.tree_util.tree_flatten_with_path(trainable)[0]}
-
-    def place_moment(key_path, x):
-        """A moment sits like the parameter whose path ends its own (param groups nest them under a label)."""
-        path = names(key_path)
-        found = [param_shardings[path[i:]] for i in range(len(path)) if path[i:] in param_shardings]
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=found[0] if found and x.ndim else replicated)
-
-    opt_state = jax.tree_util.tree_map_with_path(place_moment, opt_shapes)
-    state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trainable, opt_state)
+    state = abstract_train_state(trainable, optimizer, mesh)
     frames, size = 8, config.video_tower_config.image_size
     lead = (args.accum, args.rows)
     shapes = {"input_ids": (*lead, args.seq), "labels": (*lead, args.seq), "attention_mask": (*lead, args.seq),
@@ -97,10 +77,9 @@ def main() -> None:
     batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32), sharding=shardings[k]) for k, v in shapes.items()}
 
     start = time.perf_counter()
-    pinned = functools.partial(train_step, param_shardings=jax.tree.map(lambda x: x.sharding, trainable))
-    step = jax.jit(pinned, static_argnums=(0, 1), donate_argnums=(2,))
+    step = jit_train_step(graphdef, optimizer, state, frozen, shardings)
     with activation_sharding(mesh):
-        compiled = step.lower(graphdef, optimizer, state, frozen, batch).compile()
+        compiled = step.lower(state, frozen, batch).compile()
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     gib = 1024 ** 3

@@ -6,7 +6,7 @@ Both sides float32 on the CPU, one process, the same random weights (saved by tr
 by us) and the same batch: each row one 8-frame video and --text-tokens text tokens, the text after
 the video labelled. The same parameters train on both sides (--stage; towers frozen by default)
 with the same update: global-norm clipping to 1, then AdamW (torch's defaults: foreach, its default
-attention implementation). Ours is the trainer's jitted step (`vllava_jax.train.step.train_step`,
+attention implementation). Ours is the trainer's jitted step (`vllava_jax.train.state.jit_train_step`,
 state donated) at matmul precision "highest". Warm-up (compilation) excluded, `block_until_ready`
 before the clock stops; the rounds interleave ours, the reference and a float32 4096^3 XLA matmul
 (the measured peak that MFU is relative to), and the table reports medians. Model FLOPs
@@ -26,12 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks.common import model_pair, small_config, video_prompt
 from vllava_jax.modeling.layers import REMAT_POLICIES
+from vllava_jax.sharding import make_mesh
 from vllava_jax.train import flops, partition
 from vllava_jax.train.optimizer import make_optimizer
-from vllava_jax.train.step import IGNORE, TrainState, train_step
+from vllava_jax.train.state import create_train_state, jit_train_step, place_on_mesh
+from vllava_jax.train.step import IGNORE
 
 PEAK_SIZE = 4096
 FRAMES = 8
@@ -46,13 +49,18 @@ def labelled_batch(rng, batch: int, image_size: int, text_tokens: int) -> dict[s
     return dict(input_ids=ids, attention_mask=np.ones_like(ids), labels=labels, pixel_values_videos=videos)
 
 
-def jitted_step(module, stage: str):
-    """(step function, graphdef, optimizer, initial state, frozen state) as the trainer builds them."""
+def jitted_step(module, stage: str, batch: dict[str, np.ndarray], learning_rate: float = 1e-5):
+    """(step, state, frozen, batches) as the trainer builds them, on a one-device mesh: call
+    `step(state, frozen, batches)`; `batches` is `batch` as one microbatch (no accumulation)."""
+    mesh = make_mesh(devices=jax.devices()[:1])
     graphdef, trainable, frozen = partition.split_trainable(module, partition.STAGES[stage])
-    optimizer, _ = make_optimizer(1e-5, 1000)
-    state = TrainState(jnp.int32(0), trainable, jax.jit(optimizer.init)(trainable))
-    step = jax.jit(train_step, static_argnums=(0, 1), donate_argnums=(2,))
-    return step, graphdef, optimizer, state, frozen
+    optimizer, _ = make_optimizer(learning_rate, 1000)
+    state = create_train_state(trainable, optimizer, mesh)
+    frozen = place_on_mesh(frozen, mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step = jit_train_step(graphdef, optimizer, state, frozen, replicated)
+    batches = jax.device_put({k: v[None] for k, v in batch.items()}, replicated)
+    return step, state, frozen, batches
 
 
 REFERENCE_GROUPS = {"model.video_tower.": "video_tower", "model.image_tower.": "image_tower",
@@ -60,19 +68,23 @@ REFERENCE_GROUPS = {"model.video_tower.": "video_tower", "model.image_tower.": "
                     "lm_head.": "language_model"}
 
 
-def reference_step(reference, stage: str, batch: dict[str, np.ndarray]):
-    """A closure running one transformers training step on `batch` (the stage's groups trained); returns its loss."""
+def reference_step(reference, stage: str, batch: dict[str, np.ndarray], autocast: torch.dtype | None = None):
+    """A closure running one transformers training step on `batch` (the stage's groups trained) on
+    the reference's device, under autocast to `autocast` if given, with torch's fused AdamW on a
+    GPU; returns its loss."""
     for name, p in reference.named_parameters():
         group = next(g for prefix, g in REFERENCE_GROUPS.items() if name.startswith(prefix))
         p.requires_grad_(any(re.search(pattern, group + "/") for pattern in partition.STAGES[stage]))
     params = [p for p in reference.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
-    inputs = {k: torch.as_tensor(v) for k, v in batch.items()}
+    device = params[0].device
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, fused=True if device.type == "cuda" else None)
+    inputs = {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
     reference.train()
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = reference(**inputs).loss
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            loss = reference(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -121,15 +133,14 @@ def main() -> None:
     batch = labelled_batch(np.random.default_rng(0), args.batch, args.image_size, args.text_tokens)
     module = ours.module
     module.set_remat(args.remat)
-    step, graphdef, optimizer, state, frozen = jitted_step(module, args.stage)
-    batches = jax.device_put({k: v[None] for k, v in batch.items()})  # one microbatch, no accumulation
+    step, state, frozen, batches = jitted_step(module, args.stage, batch)
     ref_step = reference_step(reference, args.stage, batch)
     peaks = {"peak": matmul_peak(), "torch_peak": torch_matmul_peak()}
 
     def run_ours() -> float:
         nonlocal state
         with jax.default_matmul_precision("highest"):
-            state, metrics = step(graphdef, optimizer, state, frozen, batches)
+            state, metrics = step(state, frozen, batches)
         return float(jax.block_until_ready(metrics)["loss"])
 
     losses = {"ours": run_ours(), "reference": ref_step()}  # warm-up; step 0 from the same weights

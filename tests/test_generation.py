@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -94,13 +97,21 @@ def test_left_padded_mixed_batch_matches_transformers_and_single_rows(checkpoint
         np.testing.assert_array_equal(ours[i, ids.shape[1]: ids.shape[1] + len(new)], new)
 
 
-def test_stream_yields_what_generate_returns(model, rng):
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_stream_yields_what_generate_returns(model, rng, chunk):
+    """Token for token, in chunks of any size, including the stop at an EOS chosen mid-chunk."""
     ids = oracle.make_ids(rng, [3, ("image", 4), 5])[None]
     images = rng.standard_normal((1, 3, 28, 28)).astype(np.float32)
     sampling = generation.SamplingConfig(max_new_tokens=8, eos_token_ids=(), pad_token_id=PAD)
-    streamed = [t[0] for t in generation.stream(model, ids, None, images, None, sampling=sampling)]
     full = generation.generate(model, ids, None, images, None, sampling=sampling)
+    streamed = [t[0] for t in generation.stream(model, ids, None, images, None, sampling=sampling, chunk=chunk)]
     np.testing.assert_array_equal(np.asarray(streamed), full[0, ids.shape[1]:])
+    eos = int(full[0, ids.shape[1] + 4])
+    stopping = dataclasses.replace(sampling, eos_token_ids=(eos,))
+    stopped = generation.generate(model, ids, None, images, None, sampling=stopping)
+    streamed = [t[0] for t in generation.stream(model, ids, None, images, None, sampling=stopping, chunk=chunk)]
+    assert stopped.shape[1] < full.shape[1] and streamed[-1] == eos
+    np.testing.assert_array_equal(np.asarray(streamed), stopped[0, ids.shape[1]:])
 
 
 def test_sampling_follows_key_and_filters():
@@ -137,3 +148,39 @@ def test_bad_prompts_are_refused(model, rng):
     ids, mask = left_pad([oracle.make_ids(rng, [3]), oracle.make_ids(rng, [5])])
     with pytest.raises(vllava_jax.InputError, match="left padding"):
         model.generate(ids[:, ::-1], mask[:, ::-1])
+
+
+def top_level_arrays(hlo: str) -> list[tuple[str, str, int]]:
+    """(name, opcode, elements) of every array an HLO module materializes: the instructions of its
+    entry, loop and branch computations, not those inside fusions (which live in registers)."""
+    fused = set(re.findall(r"calls=%([\w.\-]+)", hlo))
+    found, inside_fusion = [], False
+    for line in hlo.splitlines():
+        header = re.match(r"(?:ENTRY )?%([\w.\-]+) \(", line)
+        if header:
+            inside_fusion = header.group(1) in fused
+            continue
+        instruction = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = \w+\[([\d,]*)\]\{[^}]*\} ([\w\-]+)\(", line)
+        if instruction and not inside_fusion:
+            name, dims, opcode = instruction.groups()
+            found.append((name, opcode, int(np.prod([int(d) for d in dims.split(",") if d]))))
+    return found
+
+
+def test_decode_updates_the_cache_in_place(model, rng):
+    """The decode program aliases the donated cache to its output and writes no array the size of
+    the whole cache except by an in-place dynamic-update-slice: no copy of the cache per token
+    (reading the written cache made XLA copy all of it before every layer's write)."""
+    sampling = generation.SamplingConfig(max_new_tokens=8, eos_token_ids=(), pad_token_id=PAD)
+    ids, mask, _ = generation.prepare_prompt(model, oracle.make_ids(rng, [20])[None].repeat(2, 0), None, None, None,
+                                             sampling, 64)
+    decoding = generation.prefill(model, ids, mask, None, None, sampling=sampling, key=jax.random.key(0))
+    compiled = generation.decode_loop.lower(model.graphdef, model.state, decoding, np.int32(8), sampling).compile()
+    cache_bytes = decoding.cache.keys.nbytes + decoding.cache.values.nbytes
+    assert compiled.memory_analysis().alias_size_in_bytes >= cache_bytes
+    whole = decoding.cache.keys.size
+    arrays = top_level_arrays(compiled.as_text())
+    assert any(n == whole and "dynamic-update-slice" in name for name, _, n in arrays)  # the parser sees the write
+    written = [(name, op) for name, op, n in arrays if n == whole
+               and op not in ("parameter", "get-tuple-element", "bitcast") and "dynamic-update-slice" not in name]
+    assert not written, f"whole-cache arrays written per token: {written}"

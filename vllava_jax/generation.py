@@ -3,15 +3,16 @@
 The cache holds only the decoder: the visual towers run once, in prefill. Prompts are left padded
 to a multiple of `pad_to_multiple` so prompts of nearby lengths share one compiled program; padding
 is masked and positions come from the attention mask, so it does not change a single logit.
-`generate` runs the whole decode loop inside one `lax.while_loop`; `stream` yields tokens as
-they are produced (the CLI), one jitted step at a time.
+Two compiled programs serve every caller: `prefill` (prompt in, first token chosen) and `decode`
+(a `lax.while_loop` of steps on a donated carry, so the cache is written in place). `generate`
+runs the loop to the end in one call; `stream` (the CLI) runs it in chunks, queued ahead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from flax import nnx
 
 from vllava_jax.errors import InputError
 from vllava_jax.inputs import check_inputs, optional_array
-from vllava_jax.modeling.llama import KVCache
+from vllava_jax.modeling.kv_cache import KVCache
 from vllava_jax.modeling.video_llava import positions_from_mask
 
 
@@ -48,10 +49,11 @@ def sampling_config(config, max_new_tokens: int = 32, temperature: float = 0.0, 
 
 
 def choose_tokens(logits: jax.Array, key: jax.Array, sampling: SamplingConfig) -> jax.Array:
-    """(batch, vocab) logits -> (batch,) next tokens."""
-    logits = logits.astype(jnp.float32)
+    """(batch, vocab) logits -> (batch,) next tokens; greedy picks from the logits as they are
+    (a float32 copy would pick the same), sampling works in float32."""
     if sampling.temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32)
     logits = logits / sampling.temperature
     if sampling.top_k > 0:
         kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][:, -1:]
@@ -66,6 +68,31 @@ def choose_tokens(logits: jax.Array, key: jax.Array, sampling: SamplingConfig) -
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+class Decoding(NamedTuple):
+    """The decode loop's carry, on device: `prefill` makes it, `decode` advances it (donated, updated in place)."""
+
+    step: jax.Array       # () tokens chosen so far
+    done: jax.Array       # (batch,) the row has chosen an EOS
+    tokens: jax.Array     # (batch, max_new_tokens) chosen tokens, pad after EOS and beyond `step`
+    cache: KVCache        # prompt + chosen tokens; slot of tokens[:, s] is prompt length + s
+    positions: jax.Array  # (batch,) position of the last chosen token
+    key: jax.Array
+
+
+class Emitted(NamedTuple):
+    """Copies of a `Decoding`'s tokens and step, still readable after the carry is donated onward."""
+
+    tokens: jax.Array
+    step: jax.Array
+
+
+def _choose(logits, key, done, sampling: SamplingConfig):
+    """The next tokens from (batch, vocab) logits, pad for finished rows; the advanced key."""
+    key, sub = jax.random.split(key)
+    tokens = jnp.where(done, sampling.pad_token_id, choose_tokens(logits, sub, sampling))
+    return tokens, done | jnp.isin(tokens, jnp.asarray(sampling.eos_token_ids, jnp.int32)), key
+
+
 def _prefill(model, input_ids, attention_mask, images, videos, slots: int):
     """Towers + prompt through the decoder into a fresh cache; logits of the last prompt token."""
     embeds = model.embed_inputs(input_ids, images, videos)
@@ -75,55 +102,70 @@ def _prefill(model, input_ids, attention_mask, images, videos, slots: int):
     return model.language_model.logits(hidden), cache, positions[:, -1] + 1
 
 
-def _decode(model, tokens, positions, cache, slot):
-    embeds = model.language_model.embed(tokens[:, None])
-    hidden, cache = model.language_model.cached(embeds, positions[:, None], jnp.ones_like(tokens[:, None]), cache,
-                                                slot)
-    return model.language_model.logits(hidden), cache
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig):
+    batch, length = input_ids.shape
+    new = sampling.max_new_tokens
+    logits, cache, positions = _prefill(nnx.merge(graphdef, state), input_ids, attention_mask, images, videos,
+                                        length + new)
+    tokens = jnp.full((batch, new), sampling.pad_token_id, jnp.int32)
+    first, done, key = _choose(logits, key, jnp.zeros((batch,), bool), sampling)
+    if new == 0:
+        return Decoding(jnp.int32(0), done, tokens, cache, positions, key)
+    return Decoding(jnp.int32(1), done, tokens.at[:, 0].set(first), cache, positions, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=2)
+def decode_loop(graphdef, state, decoding: Decoding, stop, sampling: SamplingConfig) -> tuple[Decoding, Emitted]:
+    """The compiled program behind `decode` (public so its HLO can be inspected)."""
+    model = nnx.merge(graphdef, state)
+    prompt_length = decoding.cache.valid.shape[1] - sampling.max_new_tokens
+
+    def cond(d: Decoding):
+        return (d.step < stop) & ~jnp.all(d.done)
+
+    def body(d: Decoding) -> Decoding:
+        last = jax.lax.dynamic_index_in_dim(d.tokens, d.step - 1, axis=1)  # (batch, 1)
+        embeds = model.language_model.embed(last)
+        hidden, cache = model.language_model.cached(embeds, d.positions[:, None], jnp.ones_like(last), d.cache,
+                                                    prompt_length + d.step - 1)
+        tokens, done, key = _choose(model.language_model.logits(hidden), d.key, d.done, sampling)
+        chosen = jax.lax.dynamic_update_index_in_dim(d.tokens, tokens, d.step, axis=1)
+        return Decoding(d.step + 1, done, chosen, cache, d.positions + 1, key)
+
+    decoding = jax.lax.while_loop(cond, body, decoding)
+    return decoding, Emitted(decoding.tokens.copy(), decoding.step.copy())
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7))
-def generate_program(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig):
-    """Prefill and the whole decode loop as one jitted program: (new tokens, steps taken).
+def generate_program(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig
+                     ) -> Emitted:
+    """Prefill and the decode loop to `max_new_tokens` as one program: what `train.programs`
+    compiles ahead of time for a pod (`generate` runs the same two steps as separate calls, so
+    `stream` can share them)."""
+    decoding = _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, videos, key, sampling)
+    _, emitted = decode_loop(graphdef, state, decoding, jnp.int32(sampling.max_new_tokens), sampling)
+    return emitted
 
-    `generate` runs it; `train.programs.lower_generation` compiles it ahead of time for a pod.
+
+def prefill(model, input_ids, attention_mask, pixel_values_images, pixel_values_videos, *, sampling: SamplingConfig,
+            key: jax.Array) -> Decoding:
+    """Run a prompt laid out by `prepare_prompt` and choose the first new token; returns the decode carry."""
+    with jax.default_matmul_precision(model.policy.matmul_precision):
+        return _prefill_and_choose(model.graphdef, model.state, jnp.asarray(input_ids, jnp.int32),
+                                   jnp.asarray(attention_mask, jnp.int32), optional_array(pixel_values_images),
+                                   optional_array(pixel_values_videos), key, sampling)
+
+
+def decode(model, decoding: Decoding, stop: int, *, sampling: SamplingConfig) -> tuple[Decoding, Emitted]:
+    """Choose tokens one step at a time until `stop` are chosen or every row has chosen an EOS.
+
+    `decoding` is donated: its cache is updated in place and must not be used again. All steps
+    run in one device loop, and the call returns before they finish (JAX dispatches
+    asynchronously), so the next call can be queued before this one's tokens are read.
     """
-    model = nnx.merge(graphdef, state)
-    batch, length = input_ids.shape
-    logits, cache, positions = _prefill(model, input_ids, attention_mask, images, videos,
-                                        length + sampling.max_new_tokens)
-    eos = jnp.asarray(sampling.eos_token_ids, jnp.int32)
-    out = jnp.full((batch, sampling.max_new_tokens), sampling.pad_token_id, jnp.int32)
-
-    def cond(carry):
-        step, done = carry[0], carry[1]
-        return (step < sampling.max_new_tokens) & ~jnp.all(done)
-
-    def body(carry):
-        step, done, out, logits, cache, positions, key = carry
-        key, sub = jax.random.split(key)
-        tokens = jnp.where(done, sampling.pad_token_id, choose_tokens(logits, sub, sampling))
-        out = out.at[:, step].set(tokens)
-        done = done | jnp.isin(tokens, eos)
-        logits, cache = _decode(model, tokens, positions, cache, length + step)
-        return step + 1, done, out, logits, cache, positions + 1, key
-
-    init = (jnp.int32(0), jnp.zeros((batch,), bool), out, logits, cache, positions, key)
-    steps, _, out, *_ = jax.lax.while_loop(cond, body, init)
-    return out, steps
-
-
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def _prefill_jit(graphdef, state, input_ids, attention_mask, images, videos, slots: int):
-    return _prefill(nnx.merge(graphdef, state), input_ids, attention_mask, images, videos, slots)
-
-
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
-def _decode_jit(graphdef, state, tokens, positions, cache, slot):
-    return _decode(nnx.merge(graphdef, state), tokens, positions, cache, slot)
-
-
-_choose_jit = jax.jit(choose_tokens, static_argnums=2)
+    with jax.default_matmul_precision(model.policy.matmul_precision):
+        return decode_loop(model.graphdef, model.state, decoding, jnp.int32(stop), sampling)
 
 
 def prepare_prompt(model, input_ids, attention_mask, images, videos, sampling: SamplingConfig, pad_to_multiple: int):
@@ -153,34 +195,37 @@ def generate(model, input_ids, attention_mask=None, pixel_values_images=None, pi
              sampling: SamplingConfig, key: jax.Array | None = None, pad_to_multiple: int = 64) -> np.ndarray:
     """Prompt + new tokens, (batch, length + steps), pad after EOS: what transformers' generate returns."""
     ids, mask, extra = prepare_prompt(model, input_ids, attention_mask, pixel_values_images, pixel_values_videos,
-                                 sampling, pad_to_multiple)
+                                      sampling, pad_to_multiple)
     key = jax.random.key(0) if key is None else key
-    with jax.default_matmul_precision(model.policy.matmul_precision):
-        out, steps = generate_program(model.graphdef, model.state, jnp.asarray(ids, jnp.int32),
-                                   jnp.asarray(mask, jnp.int32), optional_array(pixel_values_images),
-                                   optional_array(pixel_values_videos), key, sampling)
-    return np.concatenate([ids[:, extra:], np.asarray(out)[:, : int(steps)]], axis=1)
+    decoding = prefill(model, ids, mask, pixel_values_images, pixel_values_videos, sampling=sampling, key=key)
+    _, emitted = decode(model, decoding, sampling.max_new_tokens, sampling=sampling)
+    return np.concatenate([ids[:, extra:], np.asarray(emitted.tokens)[:, : int(emitted.step)]], axis=1)
 
 
 def stream(model, input_ids, attention_mask=None, pixel_values_images=None, pixel_values_videos=None, *,
-           sampling: SamplingConfig, key: jax.Array | None = None, pad_to_multiple: int = 64) -> Iterator[np.ndarray]:
-    """Yield each step's (batch,) tokens as soon as it is chosen; stops when every row hit EOS."""
+           sampling: SamplingConfig, key: jax.Array | None = None, pad_to_multiple: int = 64,
+           chunk: int = 8) -> Iterator[np.ndarray]:
+    """Yield each step's (batch,) tokens, the same as `generate` chooses; stops when every row hit EOS.
+
+    Tokens come `chunk` steps at a time from the device loop `generate` runs, the first alone
+    right after prefill. Each chunk is queued before the previous one's tokens are read, so the
+    device never waits for the host and streaming decodes as fast as `generate`.
+    """
     ids, mask, _ = prepare_prompt(model, input_ids, attention_mask, pixel_values_images, pixel_values_videos,
-                                 sampling, pad_to_multiple)
+                                  sampling, pad_to_multiple)
     key = jax.random.key(0) if key is None else key
-    eos = np.asarray(sampling.eos_token_ids)
-    done = np.zeros(ids.shape[0], bool)
-    with jax.default_matmul_precision(model.policy.matmul_precision):
-        logits, cache, positions = _prefill_jit(model.graphdef, model.state, jnp.asarray(ids, jnp.int32),
-                                                jnp.asarray(mask, jnp.int32), optional_array(pixel_values_images),
-                                                optional_array(pixel_values_videos), ids.shape[1] + sampling.max_new_tokens)
-        for step in range(sampling.max_new_tokens):
-            key, sub = jax.random.split(key)
-            tokens = np.where(done, sampling.pad_token_id, np.asarray(_choose_jit(logits, sub, sampling)))
-            yield tokens
-            done |= np.isin(tokens, eos)
-            if done.all() or step + 1 == sampling.max_new_tokens:
-                return
-            logits, cache = _decode_jit(model.graphdef, model.state, jnp.asarray(tokens, jnp.int32), positions,
-                                        cache, ids.shape[1] + step)
-            positions = positions + 1
+    decoding = prefill(model, ids, mask, pixel_values_images, pixel_values_videos, sampling=sampling, key=key)
+    stop = min(1, sampling.max_new_tokens)
+    decoding, pending = decode(model, decoding, stop, sampling=sampling)
+    shown = 0
+    while True:
+        following = None
+        if stop < sampling.max_new_tokens:
+            stop = min(stop + chunk, sampling.max_new_tokens)
+            decoding, following = decode(model, decoding, stop, sampling=sampling)
+        tokens, step = np.asarray(pending.tokens), int(pending.step)
+        for column in range(shown, step):
+            yield tokens[:, column]
+        if following is None or step == shown:  # max_new_tokens reached, or every row is done
+            return
+        shown, pending = step, following

@@ -7,32 +7,19 @@ attends over every valid slot (generation: one prefill, then one token per step,
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vllava_jax.config import DTypePolicy, TextConfig
+from vllava_jax.modeling import kv_cache
 from vllava_jax.modeling.attention import causal_attention, masked_attention
+from vllava_jax.modeling.kv_cache import KVCache
 from vllava_jax.modeling.layers import Dense, RMSNorm, matmul_2d, param, scan_layers, stacked
 from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_tables
 from vllava_jax.sharding import constrain
 
 ACTIVATION = ("batch", "length", "activation_embed")
-
-
-class KVCache(NamedTuple):
-    """Keys and values of every layer, (layers, batch, slots, kv_heads, head_dim), and which slots hold a token."""
-
-    keys: jax.Array
-    values: jax.Array
-    valid: jax.Array  # (batch, slots) bool
-
-    @classmethod
-    def empty(cls, cfg: TextConfig, batch: int, slots: int, dtype) -> KVCache:
-        shape = (cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, slots), bool))
 
 
 class LlamaAttention(nnx.Module):
@@ -50,15 +37,23 @@ class LlamaAttention(nnx.Module):
         With `cache` = (keys, values) of every layer: write x's keys/values at (`layer`, `slot`)
         in place and attend, with the full `mask` (batch, 1, len, slots), over this layer's slots.
         """
-        q = apply_rotary(self.q(x), cos, sin)
-        k = apply_rotary(self.k(x), cos, sin)
-        v = self.v(x)
+        q, k, v = self.project(x, cos, sin)
         if cache is None:
             return self.o(causal_attention(q, k, v, mask)), None
-        keys, values = (jax.lax.dynamic_update_slice(c, new.astype(c.dtype)[None], (layer, 0, slot, 0, 0))
-                        for c, new in zip(cache, (k, v)))
+        keys, values = kv_cache.write(cache, (k[None], v[None]), layer, slot)
         out = masked_attention(q, keys[layer], values[layer], mask)
         return self.o(out), (keys, values)
+
+    def project(self, x, cos, sin):
+        """Queries and keys (rotated) and values of `x`, (batch, len, heads or kv_heads, head_dim)."""
+        return apply_rotary(self.q(x), cos, sin), apply_rotary(self.k(x), cos, sin), self.v(x)
+
+    def one_token(self, x, cos, sin, keys, values, earlier):
+        """Decoding: x (batch, 1, embed) attends to itself and to this layer's cached `keys`/`values`
+        (batch, slots, kv_heads, head_dim) where `earlier` (batch, slots); returns the output and
+        x's (k, v), for the caller to write into the cache."""
+        q, k, v = self.project(x, cos, sin)
+        return self.o(kv_cache.attend_one_token(q, k, v, keys, values, earlier)), (k, v)
 
 
 class LlamaMLP(nnx.Module):
@@ -84,6 +79,12 @@ class LlamaLayer(nnx.Module):
         h, cache = self.attn(self.input_layernorm(x), cos, sin, mask, cache, slot, layer)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+    def one_token(self, x, cos, sin, keys, values, earlier):
+        """`LlamaAttention.one_token`, then the MLP: the layer's output and x's (k, v)."""
+        h, new = self.attn.one_token(self.input_layernorm(x), cos, sin, keys, values, earlier)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), new
 
 
 class LlamaDecoder(nnx.Module):
@@ -145,19 +146,35 @@ class LlamaDecoder(nnx.Module):
         A token attends to every valid slot up to its own.
         """
         length = inputs_embeds.shape[1]
+        cos, sin = self._rotary(positions)
+        h = inputs_embeds.astype(self.policy.compute_dtype)
+        if length == 1:
+            return self._one_token(h, cos, sin, token_mask, cache, slot)
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, slot))
         slots = jnp.arange(valid.shape[1])
         causal = slots[None, :] <= (slot + jnp.arange(length))[:, None]
         mask = (valid[:, None, :] & causal[None])[:, None]
-        cos, sin = self._rotary(positions)
 
         def body(layer: LlamaLayer, carry, index):
             h, kv = carry
             return layer(h, cos, sin, mask, kv, slot, index), None
 
-        # The cache rides in the scan carry so every layer updates it in place, one token's worth
-        # of writes per step instead of a copy of the whole cache.
-        (h, (keys, values)), _ = scan_layers(
-            self.layers, (inputs_embeds.astype(self.policy.compute_dtype), (cache.keys, cache.values)), body,
-            xs=jnp.arange(self.cfg.num_hidden_layers))
+        # Several tokens (a prompt): the cache rides in the scan carry and every layer writes its
+        # slice in place before attending over it.
+        (h, (keys, values)), _ = scan_layers(self.layers, (h, (cache.keys, cache.values)), body,
+                                             xs=jnp.arange(self.cfg.num_hidden_layers))
+        return h[:, -1], KVCache(keys, values, valid)
+
+    def _one_token(self, h, cos, sin, token_mask, cache: KVCache, slot) -> tuple[jax.Array, KVCache]:
+        """`cached` for one token per row (decoding): every layer reads its cache as it came in
+        (the slots valid so far are the earlier tokens) and the new keys and values of all layers
+        are written after the last layer, so each write follows every read of what it overwrites
+        and XLA updates the cache in place with no copy (`kv_cache.attend_one_token`)."""
+
+        def body(layer: LlamaLayer, h, layer_cache):
+            return layer.one_token(h, cos, sin, *layer_cache, cache.valid)
+
+        h, new = scan_layers(self.layers, h, body, xs=(cache.keys, cache.values))
+        keys, values = kv_cache.write((cache.keys, cache.values), new, 0, slot)
+        valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, slot))
         return h[:, -1], KVCache(keys, values, valid)

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 from etils import epath
 
 from vllava_jax.errors import VllavaError
 from vllava_jax.processing import image as image_lib
+
+if TYPE_CHECKING:
+    import av
 
 VIDEO_TRANSFORMS = ("hf", "original")
 
@@ -102,6 +105,8 @@ def decode_frames(data: bytes, name: str, num_frames: int = 8, rotate: bool = Tr
 
 
 def _sample_file(file, name: str, num_frames: int, rotate: bool) -> np.ndarray:
+    import av  # PyAV: only where videos are decoded, so the model runs where it is not installed
+
     try:
         with av.open(file) as container:
             if not container.streams.video:

@@ -9,20 +9,18 @@ batch. A non-finite loss stops the run before anything is saved from the bad ste
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 import vllava_jax
@@ -34,7 +32,8 @@ from vllava_jax.sharding import activation_sharding, logical_to_spec, make_mesh,
 from vllava_jax.train import adapters, flops, partition
 from vllava_jax.train.optimizer import make_optimizer
 from vllava_jax.train.run_config import RUN_CONFIG, check_config, check_resume, keep_logged_steps, resolved_config
-from vllava_jax.train.step import TrainState, train_step
+from vllava_jax.train.state import create_train_state, jit_train_step
+from vllava_jax.train.step import TrainState
 
 MODEL_KEYS = ("input_ids", "labels", "attention_mask", "positions", "segment_ids", "pixel_values_images",
               "pixel_values_videos")
@@ -143,17 +142,11 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     mesh = make_mesh(**mesh_config, devices=devices)
     model = build_model(config, mesh)
     graphdef, trainable, frozen = partition.split_trainable(model.module, partition.trainable_patterns(config))
-    trainable = jax.device_put(trainable, state_shardings(trainable, mesh))
     frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
     optimizer, schedule = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
                                          config.weight_decay, config.max_grad_norm,
                                          group_lrs=adapters.group_learning_rates(config))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    # moments follow their parameters' shardings; scalars (step, counts) are replicated on the mesh
-    state = jax.tree.map(lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated),
-                         TrainState(jnp.int32(0), trainable, jax.jit(optimizer.init)(trainable)))
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen)
+    state = create_train_state(trainable, optimizer, mesh)
 
     manager = ocp.CheckpointManager(
         workdir / "checkpoints",
@@ -189,14 +182,11 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
         for step in bar:
             batch = _stack(data, config.accum_steps, skipped)
             shardings = batch_shardings(global_shapes(batch), mesh)
-            if step_fn is None:  # one compiled step, explicit in/out shardings (the pjit of older JAX)
-                pinned = functools.partial(train_step, param_shardings=state_sharding.params)
-                step_fn = jax.jit(pinned, static_argnums=(0, 1),
-                                  in_shardings=(state_sharding, frozen_sharding, shardings),
-                                  out_shardings=(state_sharding, None), donate_argnums=(2,))
+            if step_fn is None:  # one compiled step, explicit in/out shardings
+                step_fn = jit_train_step(graphdef, optimizer, state, frozen, shardings)
             began = time.perf_counter()
             with activation_sharding(mesh):  # read while the step is traced (first call)
-                state, metrics = step_fn(graphdef, optimizer, state, frozen, to_global(batch, shardings))
+                state, metrics = step_fn(state, frozen, to_global(batch, shardings))
             loss = float(metrics["loss"])
             seconds = time.perf_counter() - began
             if not math.isfinite(loss):

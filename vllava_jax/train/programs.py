@@ -10,7 +10,6 @@ compile-only devices from `train.topology`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -25,9 +24,10 @@ from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 from vllava_jax.sharding import activation_sharding, logical_to_spec, state_shardings
 from vllava_jax.train import adapters, partition
+from vllava_jax.train import state as train_state
 from vllava_jax.train.loop import batch_shardings, policy_from_config
 from vllava_jax.train.optimizer import make_optimizer
-from vllava_jax.train.step import TrainState, train_step
+from vllava_jax.train.step import TrainState
 
 
 @dataclasses.dataclass
@@ -44,11 +44,8 @@ def placed(tree, shardings):
 
 def abstract_train_state(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig, mesh: Mesh,
                          ) -> AbstractTrainState:
-    """The train state `loop.train` builds, as shapes: parameters, Adam moments and step on `mesh`.
-
-    Mirrors the loop: trainable and frozen parameters on their rules-table placements, moments
-    following their parameters, scalars replicated.
-    """
+    """The train state `loop.train` builds, as shapes: parameters, Adam moments and step on `mesh`
+    (`train.state.abstract_train_state`), frozen parameters on their rules-table placements."""
     policy = policy_from_config(config)
 
     def build() -> VideoLlavaModel:
@@ -57,20 +54,12 @@ def abstract_train_state(config: ml_collections.ConfigDict, model_config: VideoL
             adapters.add_adapters(module, config, policy)
         return module
 
-    abstract = nnx.eval_shape(build)
-    graphdef, trainable, frozen = partition.split_trainable(abstract, partition.trainable_patterns(config))
-    trainable = placed(trainable, state_shardings(trainable, mesh))
-    frozen = placed(frozen, state_shardings(frozen, mesh))
+    graphdef, trainable, frozen = partition.split_trainable(nnx.eval_shape(build), partition.trainable_patterns(config))
     optimizer, _ = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
                                   config.weight_decay, config.max_grad_norm,
                                   group_lrs=adapters.group_learning_rates(config))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    opt_state = optax.tree_map_params(
-        optimizer, lambda p, like: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=like.sharding),
-        jax.eval_shape(optimizer.init, trainable), trainable,
-        transform_non_params=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated))
-    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-    return AbstractTrainState(graphdef, optimizer, TrainState(step, trainable, opt_state), frozen)
+    frozen = placed(frozen, state_shardings(frozen, mesh))
+    return AbstractTrainState(graphdef, optimizer, train_state.abstract_train_state(trainable, optimizer, mesh), frozen)
 
 
 def abstract_batch(model_config: VideoLlavaConfig, mesh: Mesh, accum: int, rows: int, length: int) -> dict:
@@ -90,23 +79,15 @@ def abstract_batch(model_config: VideoLlavaConfig, mesh: Mesh, accum: int, rows:
             for k, v in shapes.items()}
 
 
-def jit_train_step(state: TrainState, frozen, batch):
-    """`train_step` jitted as `loop.train` jits it: explicit in/out shardings, the state donated."""
-    shardings = functools.partial(jax.tree.map, lambda x: x.sharding)
-    state_sharding = shardings(state)
-    pinned = functools.partial(train_step, param_shardings=state_sharding.params)
-    return jax.jit(pinned, static_argnums=(0, 1), in_shardings=(state_sharding, shardings(frozen), shardings(batch)),
-                   out_shardings=(state_sharding, None), donate_argnums=(2,))
-
-
 def lower_train_step(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig, mesh: Mesh, accum: int,
                      rows: int):
     """(lowered step, abstract train state): `rows` rows of `config.max_length` per microbatch."""
     train = abstract_train_state(config, model_config, mesh)
     batch = abstract_batch(model_config, mesh, accum, rows, config.max_length)
     with jax.set_mesh(mesh), activation_sharding(mesh):
-        lowered = jit_train_step(train.state, train.frozen, batch).lower(train.graphdef, train.optimizer,
-                                                                          train.state, train.frozen, batch)
+        step = train_state.jit_train_step(train.graphdef, train.optimizer, train.state, train.frozen,
+                                          jax.tree.map(lambda x: x.sharding, batch))
+        lowered = step.lower(train.state, train.frozen, batch)
     return lowered, train
 
 

@@ -1,0 +1,265 @@
+"""Accelerator figures in one call: the stage-2 train step and 7B generation, ours vs transformers.
+
+    python -m benchmarks.accelerator [--llm-layers 6] [--out DIR] [--tiny]
+
+One process, one device, the same weights on both sides: transformers initializes each model in
+bfloat16 and saves it; we load that checkpoint.
+- Train step, stage 2 (projector + LLM train, towers frozen): ViT-L/14 towers at 224 px, a decoder
+  of --llm-layers layers of Vicuna-7B's shape, 8 rows x 2,312 tokens (one 8-frame video + 256 text
+  tokens each, the last 128 labelled); ours float32 master weights / bfloat16 compute, no remat,
+  the trainer's jitted step (`train.state`); the reference float32 weights under bfloat16
+  autocast with fused AdamW. Step time, both step-0 losses, compile time, and MFU of the project's
+  `flops.video_train_step_flops` (LM head over the labelled tokens for ours; every logit, what it
+  computes, for the reference) against the dense bfloat16 peak of the device kind
+  (`flops.PEAK_FLOPS`) and against a bfloat16 matmul measured in the same run.
+- Generation: the 7B decoder (32 layers) in bfloat16, batch 1 and 16, a 2,120-token prompt (an
+  8-frame 224 px video + 64 text tokens), 128 new tokens, greedy, EOS disabled: prefill seconds,
+  decode tokens/s (a generate's time minus a prefill's), `stream`'s tokens/s against `generate`'s,
+  and the decode roofline fraction: tokens/s over what the device's memory bandwidth (measured
+  here, from a large on-device copy) allows when each step reads the decoder's parameters and the
+  filled KV cache once.
+The JSON (DIR/accelerator.json) is rewritten after every figure, so a run cut short still leaves
+what it measured. --tiny runs the same code with tiny shapes on any backend (CI runs it on a CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import argparse
+import dataclasses
+import gc
+import json
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+from etils import epath
+from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+import vllava_jax
+from benchmarks.common import IMAGE_TOKEN, VIDEO_TOKEN, VOCAB, median_seconds, synchronize, video_prompt
+from benchmarks.generation import decode_rate, generation_timers
+from benchmarks.train_step import jitted_step, labelled_batch, reference_step
+from vllava_jax.config import DTypePolicy
+from vllava_jax.train import flops
+from vllava_jax.train.step import IGNORE
+
+FRAMES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    vision: dict          # transformers' vision_config of both towers
+    text: dict            # text_config without its depth
+    train_layers: int
+    train_rows: int
+    train_text_tokens: int  # per row, around the video; the half after it is labelled
+    generation_layers: int
+    generation_batches: tuple[int, ...]
+    prompt_text_tokens: int
+    new_tokens: int
+    matmul_size: int      # of the bfloat16 size^3 matmul timed as the measured peak
+    copy_bytes: int       # of the on-device copy the memory bandwidth is measured from
+    runs: int             # timed runs per figure, median reported
+
+
+FULL = Shapes(
+    vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                image_size=224, patch_size=14, projection_dim=768),
+    text=dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+              vocab_size=VOCAB, max_position_embeddings=4096),
+    train_layers=6, train_rows=8, train_text_tokens=256, generation_layers=32, generation_batches=(1, 16),
+    prompt_text_tokens=64, new_tokens=128, matmul_size=8192, copy_bytes=4 << 30, runs=5)
+
+TINY = Shapes(
+    vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+                patch_size=14, projection_dim=16),
+    text=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+              max_position_embeddings=512),
+    train_layers=2, train_rows=2, train_text_tokens=16, generation_layers=2, generation_batches=(1, 2),
+    prompt_text_tokens=8, new_tokens=6, matmul_size=256, copy_bytes=16 << 20, runs=1)
+
+
+def hf_config(shapes: Shapes, layers: int) -> VideoLlavaConfig:
+    return VideoLlavaConfig(vision_config=shapes.vision, text_config=dict(shapes.text, num_hidden_layers=layers),
+                            image_token_index=IMAGE_TOKEN, video_token_index=VIDEO_TOKEN)
+
+
+def save_reference(config: VideoLlavaConfig, path: str, device: torch.device):
+    """transformers' model initialized in bfloat16 on `device` and saved to `path`; returned in eval mode."""
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with device:
+            reference = VideoLlavaForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default)
+    reference.save_pretrained(path)
+    return reference
+
+
+class Report:
+    """The figures so far, rewritten to DIR/accelerator.json (atomically) after each one."""
+
+    def __init__(self, out: epath.Path, meta: dict):
+        self.path = out / "accelerator.json"
+        self.data = {"meta": meta, "figures": {}}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def add(self, name: str, ours=None, reference=None, unit: str = "", ratio: float | None = None, **extra) -> None:
+        if ratio is None and ours is not None and reference:
+            ratio = ours / reference
+        self.data["figures"][name] = dict(ours=ours, reference=reference, ratio=ratio, unit=unit, **extra)
+        partial = self.path.parent / (self.path.name + ".tmp")
+        partial.write_text(json.dumps(self.data, indent=1))
+        partial.replace(self.path)
+        print(f"{name}: ours {_fmt(ours)} {unit}, reference {_fmt(reference)}, ratio {_fmt(ratio)}", flush=True)
+
+    def table(self) -> str:
+        lines = ["| figure | ours | transformers | ours/transformers |", "| --- | --- | --- | --- |"]
+        for name, f in self.data["figures"].items():
+            lines.append(f"| {name} ({f['unit']}) | {_fmt(f['ours'])} | {_fmt(f['reference'])} | {_fmt(f['ratio'])} |")
+        return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def matmul_peak(size: int, runs: int) -> float:
+    """FLOP/s of one bfloat16 size^3 XLA matmul (float32 accumulation), median of `runs`."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.bfloat16)
+    matmul = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
+    return 2 * size ** 3 / median_seconds(lambda: jax.block_until_ready(matmul(a)), runs)
+
+
+def memory_bandwidth(size_bytes: int, runs: int) -> float:
+    """Bytes/s of an on-device elementwise copy (each byte read once and written once), median of `runs`."""
+    x = jnp.zeros((size_bytes // 4,), jnp.float32)
+    copy = jax.jit(lambda v: v + 1.0)
+    return 2 * size_bytes / median_seconds(lambda: jax.block_until_ready(copy(x)), runs)
+
+
+def train_figures(report: Report, shapes: Shapes, layers: int, device: torch.device, peak: float) -> None:
+    config = hf_config(shapes, layers)
+    image_size = shapes.vision["image_size"]
+    batch = labelled_batch(np.random.default_rng(0), shapes.train_rows, image_size, shapes.train_text_tokens)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = save_reference(config, tmp, device).float()  # float32 master weights under autocast
+        ours = vllava_jax.load_pretrained(tmp, dtype=DTypePolicy.from_names("float32", "bfloat16"))
+    step, state, frozen, batches = jitted_step(ours.module, "stage2", batch)
+    start = time.perf_counter()
+    compiled = step.lower(state, frozen, batches).compile()
+    report.add("train step compile", time.perf_counter() - start, unit="s")
+
+    def run_ours() -> float:
+        nonlocal state
+        state, metrics = compiled(state, frozen, batches)
+        return float(metrics["loss"])
+
+    run_reference = reference_step(reference, "stage2", batch, autocast=torch.bfloat16)
+    timed = {}
+    for name, fn in (("ours", run_ours), ("reference", run_reference)):
+        start = time.perf_counter()
+        timed[name] = fn()  # step 0: the same weights and batch on both sides
+        timed[name + "_first"] = time.perf_counter() - start
+    report.add("train step-0 loss", timed["ours"], timed["reference"], unit="nats")
+    report.add("train first step incl. compile/warm-up", timed["ours_first"], timed["reference_first"], unit="s")
+    seconds = {"ours": median_seconds(run_ours, shapes.runs), "reference": median_seconds(run_reference, shapes.runs)}
+    report.add("train step", seconds["ours"], seconds["reference"], unit="s")
+
+    rows, length = batch["input_ids"].shape
+    labelled = int(np.sum(batch["labels"][:, 1:] != IGNORE))
+    model_flops = flops.video_train_step_flops(ours.config, "stage2", rows, length, FRAMES, labelled)
+    every_logit = flops.video_train_step_flops(ours.config, "stage2", rows, length, FRAMES)
+    mfu = {k: f / seconds[k] for k, f in (("ours", model_flops), ("reference", every_logit))}
+    report.add("train model TFLOP per step (ours: labelled logits; ref: every logit)", model_flops / 1e12,
+               every_logit / 1e12, unit="TFLOP")
+    report.add("train MFU vs dense bf16 peak", *(mfu[k] / peak if peak else None for k in ("ours", "reference")),
+               unit="fraction", peak_flops=peak)
+    report.add("train MFU vs measured bf16 matmul", *(mfu[k] / report.data["meta"]["matmul_peak_flops"]
+                                                       for k in ("ours", "reference")), unit="fraction")
+
+
+def decoder_bytes(ours) -> int:
+    """Bytes a decode step reads of the parameters: the decoder's layers, final norm and LM head
+    (the towers and the projector are not run; one embedding row per token is negligible)."""
+    flat = dict(jax.tree_util.tree_flatten_with_path(ours.state["language_model"])[0])
+    total = sum(leaf.nbytes for leaf in flat.values())
+    tied = ours.config.text_config.tie_word_embeddings
+    embed = next(leaf.nbytes for path, leaf in flat.items() if "embed_tokens" in jax.tree_util.keystr(path))
+    return total - (0 if tied else embed)
+
+
+def generation_figures(report: Report, shapes: Shapes, device: torch.device, bandwidth: float) -> None:
+    config = hf_config(shapes, shapes.generation_layers)
+    image_size = shapes.vision["image_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = save_reference(config, tmp, device)
+        ours = vllava_jax.load_pretrained(tmp, dtype="bfloat16")
+    params = decoder_bytes(ours)
+    text = ours.config.text_config
+    for batch in shapes.generation_batches:
+        ids, videos = video_prompt(np.random.default_rng(batch), batch, image_size, shapes.prompt_text_tokens)
+        timers = generation_timers(ours, reference, ids, videos.astype(np.float32), shapes.new_tokens)
+        start = time.perf_counter()
+        timers["ours_generate"]()
+        report.add(f"generate b{batch} first call incl. compile", time.perf_counter() - start, unit="s")
+        t = {name: median_seconds(fn, shapes.runs) for name, fn in timers.items()}
+        report.add(f"prefill b{batch}", t["ours_prefill"], t["ref_prefill"], unit="s", prompt_tokens=ids.shape[1])
+        ours_rate = decode_rate(batch, shapes.new_tokens, t["ours_generate"], t["ours_prefill"])
+        ref_rate = decode_rate(batch, shapes.new_tokens, t["ref_generate"], t["ref_prefill"])
+        report.add(f"decode b{batch}", ours_rate, ref_rate, unit="tok/s")
+        stream_rate = decode_rate(batch, shapes.new_tokens, t["ours_stream"], t["ours_prefill"])
+        report.add(f"stream b{batch} (ours) vs generate (ours)", stream_rate, ours_rate, unit="tok/s")
+        # each step reads the parameters and every row's filled cache (keys and values, all layers)
+        filled = ids.shape[1] + shapes.new_tokens / 2
+        cache = 2 * text.num_hidden_layers * filled * text.num_key_value_heads * text.head_dim * 2  # bfloat16
+        roofline = batch * bandwidth / (params + batch * cache)
+        report.add(f"decode b{batch} fraction of memory roofline", ours_rate / roofline, ref_rate / roofline,
+                   unit="fraction", roofline_tok_s=roofline, bytes_per_step=params + batch * cache)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--llm-layers", type=int, default=None,
+                        help="decoder layers of the train step's model (default 6; 2 with --tiny)")
+    parser.add_argument("--out", default="accelerator_out", help="directory for accelerator.json")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes: the same code in seconds on a CPU")
+    args = parser.parse_args()
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # read when JAX starts its GPU client: torch shares it
+    if args.llm_layers is not None and args.llm_layers < 1:
+        parser.error(f"--llm-layers must be at least 1, got {args.llm_layers}")
+    shapes = TINY if args.tiny else FULL
+    layers = args.llm_layers or shapes.train_layers
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = jax.devices()[0].device_kind
+    peak = flops.peak_flops()
+    meta = dict(device_kind=kind, backend=jax.default_backend(), torch_device=str(device), jax=jax.__version__,
+                torch=torch.__version__, transformers=transformers.__version__, tiny=args.tiny,
+                train_llm_layers=layers, shapes=dataclasses.asdict(shapes), dense_peak_flops=peak)
+    report = Report(epath.Path(args.out), meta)
+    meta["matmul_peak_flops"] = matmul_peak(shapes.matmul_size, shapes.runs)
+    report.add("measured bf16 matmul peak", meta["matmul_peak_flops"] / 1e12, unit="TFLOP/s",
+               ratio=meta["matmul_peak_flops"] / peak if peak else None)
+    bandwidth = memory_bandwidth(shapes.copy_bytes, shapes.runs)
+    report.add("measured memory bandwidth", bandwidth / 1e9, unit="GB/s")
+    train_figures(report, shapes, layers, device, peak)
+    gc.collect()
+    synchronize()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    generation_figures(report, shapes, device, bandwidth)
+    print(f"\n{kind} ({jax.default_backend()}), jax {jax.__version__}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}; train step with {layers} decoder layers; medians of {shapes.runs}")
+    print(report.table())
+    print(f"wrote {report.path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,9 @@ import time
 import numpy as np
 from etils import epath
 
-from vllava_jax.checkpoint import export, formats, orbax
+from vllava_jax.checkpoint.streamed import Streamed, is_stacked
+from vllava_jax.checkpoint.write import write_hf
+from vllava_jax.modeling.video_llava import parameter_shapes
 from vllava_jax.config import TextConfig, VideoLlavaConfig, VisionConfig
 
 _MEASURE = ("import resource, sys; from vllava_jax import convert; rc = convert.main(sys.argv[1:]); "
@@ -39,11 +41,11 @@ def make_config(layers: int, wide: bool) -> VideoLlavaConfig:
 def write_random(directory: epath.Path, config: VideoLlavaConfig) -> None:
     """A transformers checkpoint of random float32 weights, itself written one tensor at a time."""
     rng = np.random.default_rng(0)
-    shapes = formats.abstract_shapes(config)
-    leaves = {p: orbax.Streamed(s, np.dtype(np.float32), orbax.is_stacked(p),
-                                lambda i, s=s, p=p: rng.standard_normal(s[1:] if orbax.is_stacked(p) else s, np.float32))
+    shapes = parameter_shapes(config)
+    leaves = {p: Streamed(s, np.dtype(np.float32), is_stacked(p),
+                                lambda i, s=s, p=p: rng.standard_normal(s[1:] if is_stacked(p) else s, np.float32))
               for p, s in shapes.items()}
-    export.write_hf(directory, config, leaves, max_shard_bytes=10**9)
+    write_hf(directory, config, leaves, max_shard_bytes=10**9)
 
 
 def peak_rss_mb(*args: str) -> tuple[float, float]:
@@ -68,8 +70,8 @@ def main() -> None:
         rows = []
         for name, wide in (("tiny (fixed overhead)", False), ("wide", True)):
             config = make_config(args.layers, wide)
-            shapes = formats.abstract_shapes(config)
-            layer_bytes = [4 * int(np.prod(s[1:] if orbax.is_stacked(p) else s)) for p, s in shapes.items()]
+            shapes = parameter_shapes(config)
+            layer_bytes = [4 * int(np.prod(s[1:] if is_stacked(p) else s)) for p, s in shapes.items()]
             total = sum(4 * int(np.prod(s)) for s in shapes.values())
             src, ours, back = work / f"{name[:4]}_hf", work / f"{name[:4]}_ours", work / f"{name[:4]}_back"
             write_random(src, config)

@@ -16,7 +16,9 @@ from etils import epath
 from flax import nnx
 
 from vllava_jax import generation
-from vllava_jax.checkpoint import formats, orbax
+from vllava_jax.checkpoint import orbax
+from vllava_jax.checkpoint.detect import PARAMS_DIR
+from vllava_jax.checkpoint.read import leaves, open_source
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.inputs import check_inputs, optional_array
 from vllava_jax.modeling.video_llava import VideoLlavaModel
@@ -109,7 +111,7 @@ class VideoLlava:
 
 def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", remat: bool = False,
                     mesh=None) -> VideoLlava:
-    """Load a checkpoint dir: transformers, original Video-LLaVA or ours (`checkpoint.formats.detect` tells).
+    """Load a checkpoint dir: transformers, original Video-LLaVA or ours (`checkpoint.detect` tells).
 
     `dtype` names one dtype for parameters and compute, or is a `DTypePolicy` (training keeps
     float32 master weights and computes in bfloat16).
@@ -117,7 +119,7 @@ def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", 
     With a `mesh`, every parameter lands on its `sharding.state_shardings` placement (ours is
     restored straight onto it); without one, on the default device.
     """
-    source = formats.open_source(path)
+    source = open_source(path)
     policy = DTypePolicy.resolve(dtype)
     abstract = nnx.eval_shape(lambda: VideoLlavaModel(source.config, policy, nnx.Rngs(0), remat))
     graphdef, abstract_state = nnx.split(abstract)
@@ -128,10 +130,10 @@ def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", 
         placement = {p: v.get_value() for p, v in nnx.to_flat_state(state_shardings(abstract_state, mesh))}
     if source.format == "ours":
         targets = {p: jax.ShapeDtypeStruct(v.shape, policy.param_dtype, sharding=placement[p]) for p, v in flat.items()}
-        values = orbax.restore(source.path / formats.PARAMS_DIR, targets)
+        values = orbax.restore(source.path / PARAMS_DIR, targets)
     else:
         shapes = {p: tuple(v.shape) for p, v in flat.items()}
         values = {p: jax.device_put(leaf.whole(), placement[p])
-                  for p, leaf in formats.leaves(source, shapes, policy.param_dtype).items()}
+                  for p, leaf in leaves(source, shapes, policy.param_dtype).items()}
     state = nnx.from_flat_state([(p, v.replace(values[p])) for p, v in flat.items()])
     return VideoLlava(source.config, policy, graphdef, state)

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"metrics:      {workdir / 'metrics.json'}")
     print(f"plot:         {plot}")
     print(f"example:      {question!r} on {clip} -> {answer!r} (truth: {truth!r})")
-    print(f"accuracy:     " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in accuracy.items()) + " (chance 25%)")
+    print("accuracy:     " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in accuracy.items()) + " (chance 25%)")
     print(f"done in {metrics['total_seconds']:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in seconds.items())})")
     return metrics
 

@@ -18,7 +18,6 @@ pipeline around sentencepiece's own BPE:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import Any

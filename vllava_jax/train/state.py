@@ -45,9 +45,22 @@ def train_state_shardings(trainable: nnx.State, optimizer: optax.GradientTransfo
     `trainable` may be abstract (`nnx.eval_shape`)."""
     replicated = NamedSharding(mesh, PartitionSpec())
     params = state_shardings(trainable, mesh)
-    opt_state = optax.tree_map_params(optimizer, lambda _, sharding: sharding, jax.eval_shape(optimizer.init, trainable),
-                                      params, transform_non_params=lambda _: replicated)
+    by_path = {_dict_keys(path): sharding for path, sharding in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+    def moment(path, x):
+        # A moment sits like the parameter whose path ends its own: parameter groups
+        # (`optax.multi_transform`, LoRA's projector rate) nest moments under a label, where
+        # `optax.tree_map_params` cannot follow them.
+        keys = _dict_keys(path)
+        found = [by_path[keys[i:]] for i in range(len(keys)) if keys[i:] in by_path]
+        return found[0] if found and x.ndim else replicated
+
+    opt_state = jax.tree_util.tree_map_with_path(moment, jax.eval_shape(optimizer.init, trainable))
     return TrainState(replicated, params, opt_state)
+
+
+def _dict_keys(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
 def create_train_state(trainable: nnx.State, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:

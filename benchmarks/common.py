@@ -26,13 +26,13 @@ def small_config(image_size: int) -> VideoLlavaConfig:
         image_token_index=IMAGE_TOKEN, video_token_index=VIDEO_TOKEN)
 
 
-def model_pair(config: VideoLlavaConfig, seed: int = 0):
-    """(transformers model, our model) holding the same random weights, float32."""
+def model_pair(config: VideoLlavaConfig, seed: int = 0, remat: bool | str = False):
+    """(transformers model, our model with `remat`) holding the same random weights, float32."""
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(seed)
         reference = VideoLlavaForConditionalGeneration(config).eval()
         reference.save_pretrained(tmp)
-        return reference, vllava_jax.load_pretrained(tmp)
+        return reference, vllava_jax.load_pretrained(tmp, remat=remat)
 
 
 def video_prompt(rng, batch: int, image_size: int, text_tokens: int):

@@ -20,19 +20,49 @@ import pathlib
 import tempfile
 import time
 
+import av
 import grain
 import numpy as np
 from PIL import Image
 
 from data_pipelines.batching import BatchSpec
 from data_pipelines.pipeline import make_dataset
+from data_pipelines.shapes.tokenizer import write_tokenizer
 from data_pipelines.tfds_builder import TfdsSource, build
 from data_pipelines.transforms import ExampleTransform
-from tests.media import save_tokenizer_checkpoint, write_clip
+from vllava_jax.config import TextConfig, VideoLlavaConfig, VisionConfig
 from vllava_jax.processing.processor import Processor
 
 CLIPS = [(10, 640, 360), (30, 854, 480), (60, 1280, 720)]  # seconds, width, height at 30 fps
 TARGET = 4.0  # video samples/s one H100 consumes
+SP_VOCAB = 500  # the shapes tokenizer's corpus fills this many pieces
+
+
+def write_clip(path: pathlib.Path, seconds: int, width: int, height: int, fps: int = 30) -> None:
+    """H.264 with a 250-frame keyframe interval and no B-frames (exact sampling then decodes from
+    each sample's keyframe); gray levels plus a moving checker texture, so no frame repeats."""
+    y, x = np.mgrid[0:height, 0:width]
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": "250", "bf": "0", "preset": "ultrafast"}
+        for i in range(seconds * fps):
+            gray = ((i * 37) % 200 + 20 + ((x + 3 * i) // 8 + y // 8) % 2 * 30).astype(np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=-1), format="rgb24")))
+        out.mux(stream.encode())
+
+
+def write_checkpoint(path: pathlib.Path) -> None:
+    """What the pipeline reads of a checkpoint: tokenizer files and a config.json with 224-px towers
+    (the weights are never loaded)."""
+    ids = write_tokenizer(path, SP_VOCAB)
+    tower = VisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                         image_size=224)
+    text = TextConfig(vocab_size=SP_VOCAB + len(ids), hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=12)
+    config = VideoLlavaConfig(vision_config=tower, text_config=text, image_token_index=ids["<image>"],
+                              video_token_index=ids["<video>"], pad_token_id=ids["<pad>"])
+    (path / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
 
 
 def write_media(root: pathlib.Path) -> dict[str, list[dict]]:
@@ -44,8 +74,7 @@ def write_media(root: pathlib.Path) -> dict[str, list[dict]]:
     for seconds, width, height in CLIPS:
         name = f"media/{seconds}s_{height}p.mp4"
         if not (root / name).exists():
-            write_clip(root / name, num_frames=seconds * 30, width=width, height=height, fps=30, gop=250,
-                       bframes=False)
+            write_clip(root / name, seconds, width, height)
         videos.append(name)
     rng = np.random.default_rng(0)
     for i, (w, h) in enumerate([(640, 480), (1024, 768), (500, 375)]):
@@ -85,7 +114,7 @@ def main() -> None:
     root = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="data_bench_"))
     ckpt = root / "ckpt"
     if not (ckpt / "config.json").exists():
-        save_tokenizer_checkpoint(ckpt, image_size=224)
+        write_checkpoint(ckpt)
     rows, sizes = [], {}
     for kind, entries in write_media(root).items():
         (root / f"{kind}.json").write_text(json.dumps(entries))

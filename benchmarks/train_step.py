@@ -129,10 +129,9 @@ def main() -> None:
                         help="our layers' rematerialization policy")
     args = parser.parse_args()
 
-    reference, ours = model_pair(small_config(args.image_size))
+    reference, ours = model_pair(small_config(args.image_size), remat=args.remat)
     batch = labelled_batch(np.random.default_rng(0), args.batch, args.image_size, args.text_tokens)
     module = ours.module
-    module.set_remat(args.remat)
     step, state, frozen, batches = jitted_step(module, args.stage, batch)
     ref_step = reference_step(reference, args.stage, batch)
     peaks = {"peak": matmul_peak(), "torch_peak": torch_matmul_peak()}

@@ -109,7 +109,7 @@ class VideoLlava:
                                    sampling=sampling, key=key)
 
 
-def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", remat: bool = False,
+def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", remat: bool | str = False,
                     mesh=None) -> VideoLlava:
     """Load a checkpoint dir: transformers, original Video-LLaVA or ours (`checkpoint.detect` tells).
 

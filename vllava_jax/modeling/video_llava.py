@@ -47,10 +47,6 @@ class VideoLlavaModel(nnx.Module):
                                    cfg.multimodal_projector_bias, policy, rngs)
         self.language_model = LlamaDecoder(cfg.text_config, policy, rngs, remat)
 
-    def set_remat(self, remat: bool | str) -> None:
-        """Switch every tower's and the decoder's rematerialization policy (a `layers.REMAT_POLICIES` name)."""
-        self.image_tower.remat = self.video_tower.remat = self.language_model.remat = remat
-
     def image_features(self, pixel_values: jax.Array) -> jax.Array:
         """(N, 3, H, W) -> (N * tokens_per_image, embed) projected features."""
         states = self.image_tower.hidden_states(pixel_values, self.cfg.feature_layers)

@@ -66,5 +66,5 @@ def test_training_configs_describe_their_stage(name):
     assert config.stage in STAGES
     model = build_model_config(config)
     if name.startswith("video_llava_7b"):
-        assert model.text_config.num_hidden_layers == 32 and config.max_length == 2048
+        assert model.text_config.num_hidden_layers == 32 and config.max_length == 3072
         assert config.data.kind == "annotations" and len(config.data.annotations) == len(config.data.media_roots)

@@ -234,7 +234,8 @@ def run(config: RunConfig, model=None, processor=None) -> dict:
         samples = samples[: config.limit]
     if not samples:
         raise DataError(f"{config.data}: the {task.name} annotations list no questions")
-    if model is None and not config.merge:
+    resuming = (epath.Path(config.output) / "predictions.jsonl").exists()  # may need no model at all
+    if model is None and not config.merge and not resuming:
         detect(config.model)  # a mistyped --model fails here, before --output is created
     out = make_output_dir(config.output, "--output")
     if config.shard is not None:

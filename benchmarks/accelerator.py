@@ -9,7 +9,7 @@ bfloat16 and saves it; we load that checkpoint.
   tokens each, the last 128 labelled); ours float32 master weights / bfloat16 compute, no remat,
   the trainer's jitted step (`train.state`); the reference float32 weights under bfloat16
   autocast with fused AdamW. Step time, both step-0 losses, compile time, and MFU of the project's
-  `flops.video_train_step_flops` (LM head over the labelled tokens for ours; every logit, what it
+  `flops.step_flops` (LM head over the labelled tokens for ours; every logit, what it
   computes, for the reference) against the dense bfloat16 peak of the device kind
   (`flops.PEAK_FLOPS`) and against a bfloat16 matmul measured in the same run.
 - Generation: the 7B decoder (32 layers) in bfloat16, batch 1 and 16, a 2,120-token prompt (an
@@ -45,7 +45,7 @@ from benchmarks.common import IMAGE_TOKEN, VIDEO_TOKEN, VOCAB, median_seconds, s
 from benchmarks.generation import decode_rate, generation_timers
 from benchmarks.train_step import jitted_step, labelled_batch, reference_step
 from vllava_jax.config import DTypePolicy
-from vllava_jax.train import flops
+from vllava_jax.train import flops, partition
 from vllava_jax.train.step import IGNORE
 
 FRAMES = 8
@@ -152,7 +152,7 @@ def train_figures(report: Report, shapes: Shapes, layers: int, device: torch.dev
     with tempfile.TemporaryDirectory() as tmp:
         reference = save_reference(config, tmp, device).float()  # float32 master weights under autocast
         ours = vllava_jax.load_pretrained(tmp, dtype=DTypePolicy.from_names("float32", "bfloat16"))
-    step, state, frozen, batches = jitted_step(ours.module, "stage2", batch)
+    step, state, frozen, batches = jitted_step(ours.module, partition.preset("stage2"), batch)
     start = time.perf_counter()
     compiled = step.lower(state, frozen, batches).compile()
     report.add("train step compile", time.perf_counter() - start, unit="s")
@@ -162,7 +162,7 @@ def train_figures(report: Report, shapes: Shapes, layers: int, device: torch.dev
         state, metrics = compiled(state, frozen, batches)
         return float(metrics["loss"])
 
-    run_reference = reference_step(reference, "stage2", batch, autocast=torch.bfloat16)
+    run_reference = reference_step(reference, partition.preset("stage2"), batch, autocast=torch.bfloat16)
     timed = {}
     for name, fn in (("ours", run_ours), ("reference", run_reference)):
         start = time.perf_counter()
@@ -175,8 +175,8 @@ def train_figures(report: Report, shapes: Shapes, layers: int, device: torch.dev
 
     rows, length = batch["input_ids"].shape
     labelled = int(np.sum(batch["labels"][:, 1:] != IGNORE))
-    model_flops = flops.video_train_step_flops(ours.config, "stage2", rows, length, FRAMES, labelled)
-    every_logit = flops.video_train_step_flops(ours.config, "stage2", rows, length, FRAMES)
+    model_flops = flops.step_flops(ours.config, partition.preset("stage2"), rows, length, FRAMES, labelled)
+    every_logit = flops.step_flops(ours.config, partition.preset("stage2"), rows, length, FRAMES)
     mfu = {k: f / seconds[k] for k, f in (("ours", model_flops), ("reference", every_logit))}
     report.add("train model TFLOP per step (ours: labelled logits; ref: every logit)", model_flops / 1e12,
                every_logit / 1e12, unit="TFLOP")

@@ -37,7 +37,7 @@ def abstract_step_inputs(layers: int, args) -> tuple:
     hf.text_config.num_hidden_layers = layers
     config = VideoLlavaConfig.from_hf_dict(hf.to_dict())
     model = nnx.eval_shape(lambda: VideoLlavaModel(config, DTypePolicy(), nnx.Rngs(0), args.remat))
-    graphdef, trainable, frozen = partition.split_trainable(model, partition.STAGES[args.stage])
+    graphdef, trainable, frozen = partition.split_trainable(model, partition.preset(args.stage))
     optimizer, _ = make_optimizer(1e-5, 1000)
     mesh = make_mesh(devices=jax.devices()[:1])
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--text-tokens", type=int, default=128)
-    parser.add_argument("--stage", default="stage2", choices=sorted(partition.STAGES))
+    parser.add_argument("--stage", default="stage2", choices=sorted(partition.PRESETS))
     parser.add_argument("--remat", default="dots", choices=["none", *REMAT_POLICIES])
     args = parser.parse_args()
 

@@ -50,7 +50,8 @@ def main() -> None:
 
     config = VideoLlavaConfig.from_hf_dict(video_llava_7b.get_config().model.to_dict())
     train_config = video_llava_7b_lora.get_config()
-    train_config.stage = args.stage
+    if args.stage != "lora":  # the LoRA config's own list: adapters and the projector
+        train_config.trainable = partition.preset(args.stage)
     policy = DTypePolicy(jnp.bfloat16 if args.stage == "lora" else jnp.float32, jnp.bfloat16, "default")
     mesh = make_mesh(args.data, args.fsdp, args.tensor)
 

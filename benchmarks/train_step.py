@@ -10,7 +10,7 @@ attention implementation). Ours is the trainer's jitted step (`vllava_jax.train.
 state donated) at matmul precision "highest". Warm-up (compilation) excluded, `block_until_ready`
 before the clock stops; the rounds interleave ours, the reference and a float32 4096^3 XLA matmul
 (the measured peak that MFU is relative to), and the table reports medians. Model FLOPs
-(`flops.video_train_step_flops`) count the LM head over the labelled tokens only, the logits the
+(`flops.step_flops`) count the LM head over the labelled tokens only, the logits the
 loss needs: our step computes just those, transformers computes every position's.
 """
 
@@ -21,6 +21,7 @@ import os
 import re
 import statistics
 import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +50,11 @@ def labelled_batch(rng, batch: int, image_size: int, text_tokens: int) -> dict[s
     return dict(input_ids=ids, attention_mask=np.ones_like(ids), labels=labels, pixel_values_videos=videos)
 
 
-def jitted_step(module, stage: str, batch: dict[str, np.ndarray], learning_rate: float = 1e-5):
+def jitted_step(module, trainable: Sequence[str], batch: dict[str, np.ndarray], learning_rate: float = 1e-5):
     """(step, state, frozen, batches) as the trainer builds them, on a one-device mesh: call
     `step(state, frozen, batches)`; `batches` is `batch` as one microbatch (no accumulation)."""
     mesh = make_mesh(devices=jax.devices()[:1])
-    graphdef, trainable, frozen = partition.split_trainable(module, partition.STAGES[stage])
+    graphdef, trainable, frozen = partition.split_trainable(module, trainable)
     optimizer, _ = make_optimizer(learning_rate, 1000)
     state = create_train_state(trainable, optimizer, mesh)
     frozen = place_on_mesh(frozen, mesh)
@@ -68,13 +69,13 @@ REFERENCE_GROUPS = {"model.video_tower.": "video_tower", "model.image_tower.": "
                     "lm_head.": "language_model"}
 
 
-def reference_step(reference, stage: str, batch: dict[str, np.ndarray], autocast: torch.dtype | None = None):
-    """A closure running one transformers training step on `batch` (the stage's groups trained) on
+def reference_step(reference, trainable: Sequence[str], batch: dict[str, np.ndarray], autocast: torch.dtype | None = None):
+    """A closure running one transformers training step on `batch` (the groups `trainable` trains) on
     the reference's device, under autocast to `autocast` if given, with torch's fused AdamW on a
     GPU; returns its loss."""
     for name, p in reference.named_parameters():
         group = next(g for prefix, g in REFERENCE_GROUPS.items() if name.startswith(prefix))
-        p.requires_grad_(any(re.search(pattern, group + "/") for pattern in partition.STAGES[stage]))
+        p.requires_grad_(any(re.search(pattern, group + "/") for pattern in trainable))
     params = [p for p in reference.parameters() if p.requires_grad]
     device = params[0].device
     optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, fused=True if device.type == "cuda" else None)
@@ -124,7 +125,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="rows per step, each one 8-frame video")
     parser.add_argument("--image-size", type=int, default=112, help="frame size (224 is the real model's)")
     parser.add_argument("--text-tokens", type=int, default=128, help="text tokens around the video")
-    parser.add_argument("--stage", default="stage2", choices=sorted(partition.STAGES), help="which groups train")
+    parser.add_argument("--stage", default="stage2", choices=sorted(partition.PRESETS),
+                        help="which groups train (a `partition.preset`)")
     parser.add_argument("--remat", default="dots", choices=["none", *REMAT_POLICIES],
                         help="our layers' rematerialization policy")
     args = parser.parse_args()
@@ -132,8 +134,9 @@ def main() -> None:
     reference, ours = model_pair(small_config(args.image_size), remat=args.remat)
     batch = labelled_batch(np.random.default_rng(0), args.batch, args.image_size, args.text_tokens)
     module = ours.module
-    step, state, frozen, batches = jitted_step(module, args.stage, batch)
-    ref_step = reference_step(reference, args.stage, batch)
+    trainable = partition.preset(args.stage)
+    step, state, frozen, batches = jitted_step(module, trainable, batch)
+    ref_step = reference_step(reference, trainable, batch)
     peaks = {"peak": matmul_peak(), "torch_peak": torch_matmul_peak()}
 
     def run_ours() -> float:
@@ -158,25 +161,25 @@ def main() -> None:
 
     seq_len = batch["input_ids"].shape[1]
     labelled = int(np.sum(batch["labels"][:, 1:] != IGNORE))  # the LM head work the loss needs
-    step_flops = flops.video_train_step_flops(ours.config, args.stage, args.batch, seq_len, FRAMES, labelled)
-    ref_flops = flops.video_train_step_flops(ours.config, args.stage, args.batch, seq_len, FRAMES)  # every logit
+    model_flops = flops.step_flops(ours.config, trainable, args.batch, seq_len, FRAMES, labelled)
+    ref_flops = flops.step_flops(ours.config, trainable, args.batch, seq_len, FRAMES)  # every logit
     print(f"train step ({args.stage}, our remat {args.remat}) of batch {args.batch} x {seq_len} tokens (8 frames at "
           f"{args.image_size}px + {args.text_tokens} text), float32, CPU, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} cores, median of {args.runs} interleaved rounds; model FLOPs/step "
-          f"{step_flops / 1e12:.3f} T; measured peak: {PEAK_SIZE}^3 float32 XLA matmul {peak_flops / 1e9:.1f} GFLOP/s")
+          f"{model_flops / 1e12:.3f} T; measured peak: {PEAK_SIZE}^3 float32 XLA matmul {peak_flops / 1e9:.1f} GFLOP/s")
     print("| figure | ours | transformers | ours/ref |")
     print("| --- | --- | --- | --- |")
     print(f"| step time (s) | {ours_s:.3f} | {ref_s:.3f} | {ours_s / ref_s:.2f} |")
     print(f"| step-0 loss | {losses['ours']:.5f} | {losses['reference']:.5f} | "
           f"{losses['ours'] / losses['reference']:.5f} |")
-    print(f"| MFU vs measured matmul peak | {step_flops / ours_s / peak_flops:.1%} | "
-          f"{step_flops / ref_s / peak_flops:.1%} | {ref_s / ours_s:.2f} |")
+    print(f"| MFU vs measured matmul peak | {model_flops / ours_s / peak_flops:.1%} | "
+          f"{model_flops / ref_s / peak_flops:.1%} | {ref_s / ours_s:.2f} |")
     print(f"| matmul peak, {PEAK_SIZE}^3 float32 (GFLOP/s) | {peak_flops / 1e9:.1f} | {torch_peak / 1e9:.1f} | "
           f"{peak_flops / torch_peak:.2f} |")
     # The floor: each side's own matmul FLOPs at its own measured peak, nothing else costing time.
-    print(f"| step time at 100% of that peak (s) | {step_flops / peak_flops:.3f} | {ref_flops / torch_peak:.3f} | "
-          f"{step_flops / peak_flops / (ref_flops / torch_peak):.2f} |")
-    print(f"our step at 100% of the XLA peak would be {step_flops / peak_flops / ref_s:.2f}x the reference's "
+    print(f"| step time at 100% of that peak (s) | {model_flops / peak_flops:.3f} | {ref_flops / torch_peak:.3f} | "
+          f"{model_flops / peak_flops / (ref_flops / torch_peak):.2f} |")
+    print(f"our step at 100% of the XLA peak would be {model_flops / peak_flops / ref_s:.2f}x the reference's "
           f"measured step: the least step-time ratio these FLOPs allow on this machine")
 
 

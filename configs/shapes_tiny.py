@@ -2,7 +2,7 @@
 train on 2 CPU cores in minutes.
 
 `get_config("stage1")` trains the projector on captions (`plain`, towers and LLM frozen);
-`get_config("stage2")` trains on QA (`vicuna_v1`, the original's `--version v1`) with stage "full": projector, LLM *and towers*.
+`get_config("stage2")` trains on QA (`vicuna_v1`, the original's `--version v1`) training every parameter: projector, LLM *and towers*.
 Unlike the paper (pretrained LanguageBind towers, frozen), our towers are random: frozen, they
 would hand the LLM features that say nothing about direction or color, so this toy config lets
 stage 2 tune them (the frozen-tower run: docs/demo_history.md). Usable with
@@ -11,6 +11,8 @@ the trainer CLI as `--config configs/shapes_tiny.py:stage2` once `init_checkpoin
 """
 
 import ml_collections
+
+from vllava_jax.train.partition import preset
 
 SP_VOCAB_SIZE = 500  # sentencepiece pieces; <image>, <video>, <pad> follow (data_pipelines/shapes/tokenizer.py)
 
@@ -33,9 +35,9 @@ def model_config() -> dict:
 
 
 STAGES = {
-    # stage: (trained parameters, template, steps, peak learning rate)
-    "stage1": ("stage1", "plain", 60, 2e-3),
-    "stage2": ("full", "vicuna_v1", 1500, 2e-3),
+    # stage: (trainable parameter-path regexes, template, steps, peak learning rate)
+    "stage1": (preset("stage1"), "plain", 60, 2e-3),
+    "stage2": (preset("full"), "vicuna_v1", 1500, 2e-3),  # the towers too
 }
 
 # Stage 2's mix of (video, image) QA. Direction is learned early; binding a color to the asked
@@ -51,7 +53,7 @@ def get_config(stage: str = "stage2") -> ml_collections.ConfigDict:
     config.model = model_config()
     config.init_checkpoint = ""  # the demo's random-init (stage 1) or stage-1 export (stage 2)
     config.seed = 0
-    config.stage = trained
+    config.trainable = trained
     config.param_dtype = "float32"
     config.compute_dtype = "float32"
     config.remat = False

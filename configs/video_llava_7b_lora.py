@@ -15,11 +15,12 @@ import ml_collections
 
 from configs import video_llava_7b_stage2
 from vllava_jax.modeling.lora import DEFAULT_TARGETS
+from vllava_jax.train.partition import PROJECTOR, preset
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = video_llava_7b_stage2.get_config()
-    config.stage = "lora"
+    config.trainable = preset("lora") + (PROJECTOR,)  # the adapters, and the projector at its own rate
     config.param_dtype = "bfloat16"  # the frozen base; adapters and the trained projector are float32
     config.compute_dtype = "bfloat16"
     del config["remat"]  # a bool in the stage configs; a policy name here
@@ -29,5 +30,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 2
     config.accum_steps = 64
     config.lora.update(rank=128, alpha=256.0, dropout=0.05, targets=list(DEFAULT_TARGETS), use_rslora=False,
-                       train_projector=True, projector_learning_rate=2e-5)
+                       projector_learning_rate=2e-5)
     return config

@@ -9,14 +9,15 @@ Start from separately converted towers + Vicuna (`init_checkpoint`).
 
 import ml_collections
 
-from configs import train_tiny, video_llava_7b
+from configs import train_defaults, video_llava_7b
+from vllava_jax.train.partition import preset
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = train_tiny.get_config()
+    config = train_defaults.get_config()
     config.model = video_llava_7b.get_config().model  # the architecture; weights come from init_checkpoint
     config.init_checkpoint = ""  # python -m vllava_jax.convert output (towers + Vicuna-7B + a fresh projector)
-    config.stage = "stage1"
+    config.trainable = preset("stage1")
     config.compute_dtype = "bfloat16"
     config.remat = True
     config.learning_rate = 1e-3

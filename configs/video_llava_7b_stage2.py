@@ -8,11 +8,12 @@ weight decay, max length 3072 (see stage 1). `init_checkpoint` is stage 1's expo
 import ml_collections
 
 from configs import video_llava_7b_stage1
+from vllava_jax.train.partition import preset
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = video_llava_7b_stage1.get_config()
-    config.stage = "stage2"
+    config.trainable = preset("stage2")
     config.learning_rate = 2e-5
     config.batch_size = 16  # rows per process per microbatch: 8 hosts x 16 = 128
     config.global_batch_size = 128

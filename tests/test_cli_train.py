@@ -14,6 +14,7 @@ from tests.test_generate_cli import checkpoint  # noqa: F401  (a fixture, shared
 from tests.test_train import tiny
 from vllava_jax.train import export
 from vllava_jax.train.loop import build_model_config, train
+from vllava_jax.train.partition import preset
 from vllava_jax.train.synthetic import SyntheticBatches
 
 CONFIG = os.path.join(ROOT, "configs/train_tiny.py")
@@ -33,8 +34,8 @@ def test_readme_command_with_list_overrides_and_no_usable_media_stops(checkpoint
 
 def test_flag_mistakes_and_help(tmp_path):
     result = subprocess_cli("vllava_jax.train", "--config", CONFIG, "--workdir", tmp_path / "run",
-                            "--config.stage=stage3")
-    assert_user_error(result, 1, "config.stage", "stage3")
+                            "--config.trainable=('[',)")
+    assert_user_error(result, 1, "config.trainable", "'['")
     assert not (tmp_path / "run").exists()
     result = subprocess_cli("vllava_jax.train", "--help")
     assert result.code == 0 and "--workdir" in result.out and "--config" in result.out
@@ -72,8 +73,8 @@ def test_interrupt_resume_schedule_change_and_export(tmp_path, capsys):
     assert "warning: resuming" in capsys.readouterr().err  # the schedule changes (4 -> 5 steps), and says so
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]  # step 3 ran twice (its checkpoint was never written) but is logged once
-    result = in_process(lambda argv: train(tiny(total_steps=6, stage="stage1"), workdir, None), [], capsys)
-    assert_user_error(result, 1, "config.stage", "stage2")
+    result = in_process(lambda argv: train(tiny(total_steps=6, trainable=preset("stage1")), workdir, None), [], capsys)
+    assert_user_error(result, 1, "config.trainable", "language_model")
 
     assert_user_error(in_process(export.main, ["--workdir", tmp_path, "--dst", tmp_path / "m"], capsys), 1,
                       "train_config.json")

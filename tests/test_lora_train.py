@@ -25,12 +25,12 @@ def lora_run_config(train_projector: bool, **lora_overrides):
     config.max_length = 48
     config.total_steps = 2
     config.checkpoint_every = 2
-    config.stage = "lora"
+    config.trainable = partition.preset("lora") + ((partition.PROJECTOR,) if train_projector else ())
     config.param_dtype = "bfloat16"
     config.compute_dtype = "float32"
     config.learning_rate = 1e-2
     config.lora = ml_collections.ConfigDict(dict(rank=4, alpha=8.0, dropout=0.1, targets=list(lora.DEFAULT_TARGETS),
-                                                 use_rslora=False, train_projector=train_projector,
+                                                 use_rslora=False,
                                                  projector_learning_rate=1e-3, **lora_overrides))
     return config
 

@@ -36,7 +36,7 @@ def dense_loss(graphdef, params, frozen, batch):
 def test_loss_and_gradients_match_the_dense_loss(answer):
     config = build_model_config(train_tiny.get_config())
     model = vllava_jax.VideoLlava.random(config, seed=1)
-    graphdef, params, frozen = partition.split_trainable(model.module, partition.STAGES["stage2"])
+    graphdef, params, frozen = partition.split_trainable(model.module, partition.preset("stage2"))
     batch = next(SyntheticBatches(config, rows=4, length=LENGTH))
     batch["labels"] = np.where(np.arange(LENGTH) >= LENGTH - answer, batch["input_ids"], IGNORE).astype(np.int32)
     fast_path = answer <= labelled_head_rows(LENGTH)

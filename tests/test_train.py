@@ -18,6 +18,7 @@ from tensorboardX.proto import event_pb2
 
 import vllava_jax
 from configs import train_tiny
+from vllava_jax.train import partition
 from vllava_jax.train.loop import TrainingDiverged, build_model_config, train
 from vllava_jax.train.synthetic import SyntheticBatches
 
@@ -53,7 +54,7 @@ def flat_params(result):
 
 @pytest.mark.parametrize("stage, trained", [("stage1", ("projector",)), ("stage2", ("projector", "language_model"))])
 def test_stage_trains_only_its_groups(tmp_path, stage, trained):
-    config = tiny(stage=stage, total_steps=3)
+    config = tiny(trainable=partition.preset(stage), total_steps=3)
     model_config = build_model_config(config)
     before = {"/".join(map(str, p)): np.asarray(v[...]) for p, v in
               nnx.to_flat_state(vllava_jax.VideoLlava.random(model_config, seed=config.seed).state)}

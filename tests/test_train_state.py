@@ -38,7 +38,7 @@ def test_three_steps_compile_once(committed):
     config = build_model_config(train_tiny.get_config())
     model = vllava_jax.VideoLlava.random(config, seed=0)
     mesh = make_mesh(devices=jax.devices()[:1])
-    graphdef, trainable, frozen = partition.split_trainable(model.module, partition.STAGES["stage2"])
+    graphdef, trainable, frozen = partition.split_trainable(model.module, partition.preset("stage2"))
     if committed:
         trainable, frozen = jax.device_put((trainable, frozen), SingleDeviceSharding(jax.devices()[0]))
     optimizer, _ = make_optimizer(1e-3, 10)

@@ -53,7 +53,7 @@ class LoraConfig:
     def from_config(cls, config: ml_collections.ConfigDict, seed: int = 0) -> LoraConfig:
         """From a training config's `lora` block (rank, alpha, dropout, targets, use_rslora)."""
         lora = config.to_dict()
-        known = {f.name for f in dataclasses.fields(cls)} | {"train_projector", "projector_learning_rate"}
+        known = {f.name for f in dataclasses.fields(cls)} | {"projector_learning_rate"}
         unknown = sorted(set(lora) - known)
         if unknown:
             raise ConfigError(f"config.lora: unknown key(s) {unknown}; known: {sorted(known)}")

@@ -1,8 +1,8 @@
 """Train Video-LLaVA: `python -m vllava_jax.train --config configs/NAME.py --workdir DIR [--config.key=value]`.
 
-Stage 1 trains the projector, stage 2 the projector and the LLM (`config.stage`); the towers stay
-frozen. Stage `lora` trains LoRA adapters (and the projector if asked) and writes them to
-DIR/adapter in PEFT's format at the end. The run resumes from the latest complete checkpoint in
+What trains is `config.trainable`, parameter-path regexes (`train.partition.preset`: stage 1 the
+projector, stage 2 the projector and the LLM, the towers frozen). A run training LoRA adapters
+(preset `lora`, and the projector if listed) writes them to DIR/adapter in PEFT's format at the end. The run resumes from the latest complete checkpoint in
 DIR. Multi-host jobs (TPU pod slices, several GPU hosts) start the same command on every host; `--distributed` calls
 `jax.distributed.initialize()` first, which finds the coordinator from the environment.
 """
@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
 
     if _DISTRIBUTED.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from vllava_jax.train import partition
     from vllava_jax.train.data import make_data
     from vllava_jax.train.loop import build_model_config, train
     from vllava_jax.train.run_config import check_config
@@ -56,13 +57,13 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     check_config(config)
     result = train(config, _WORKDIR.value, make_data(config, build_model_config(config)))
-    if config.stage == "lora" and jax.process_index() == 0:
+    if partition.trains_adapters(config.trainable) and jax.process_index() == 0:
         from vllava_jax.train.export import export_adapter
 
         print(f"adapter (PEFT format): {export_adapter(config, result, f'{_WORKDIR.value}/adapter')}", file=sys.stderr)
     if jax.process_index() == 0:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a (already complete)"
-        print(f"{config.stage}: step {int(result.state.step)}/{config.total_steps}, last loss {last}, "
+        print(f"{partition.preset_name(config.trainable)}: step {int(result.state.step)}/{config.total_steps}, last loss {last}, "
               f"checkpoints in {_WORKDIR.value}/checkpoints", file=sys.stderr)
 
 

@@ -5,7 +5,7 @@
         [--config.key=value]
 
 Needs libtpu (`pip install -e ".[tpu-aot]"`). The slice's devices come from libtpu as compile-only
-devices; the config's mesh is built over them; the trainer's own step (stage, remat, accumulation
+devices; the config's mesh is built over them; the trainer's own step (trainable, remat, accumulation
 from the config; `--global_batch` rows per optimizer step, since this runs as one process while
 `batch_size` is per process) and `generate`'s prefill + decode loop are lowered on abstract inputs
 (no weight is materialized) and compiled by XLA's TPU compiler. Printed per chip: memory against
@@ -40,7 +40,7 @@ def make_flags(argv: list[str]):
     from ml_collections import config_flags
 
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "a configs/*.py train config (stage, remat, accum_steps, mesh, "
+    config_flags.DEFINE_config_file("config", None, "a configs/*.py train config (trainable, remat, accum_steps, mesh, "
                                     "max_length, dtypes); override keys with --config.key=value",
                                     flag_values=fv, sys_argv=argv)
     flags.DEFINE_string("topology", None, "TPU slice: v4-N, v5p-N (N TensorCores, 2 per chip), v5e-N / "
@@ -185,13 +185,16 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
     import jax
 
     from vllava_jax.sharding import make_mesh
-    from vllava_jax.train import flops, programs, roofline
+    from vllava_jax.train import flops, partition, programs, roofline
+    from vllava_jax.train.step import labelled_head_rows
 
     accum = config.accum_steps
     rows = global_batch // accum
     text = model_config.text_config
     mesh = make_mesh(choice.data, choice.fsdp, choice.tensor, devices=devices)
-    print(f"train step: {config.stage}, global batch {global_batch} = {accum} x {rows} rows x {config.max_length} "
+    stage = partition.preset_name(config.trainable)
+    print(f"train step: {stage} (trains {list(config.trainable)}), global batch {global_batch} = {accum} x {rows} rows x "
+          f"{config.max_length} "
           f"tokens (one image and one {model_config.video_tower_config.num_frames}-frame video buffer entry per row), "
           f"remat={config.remat}, params {config.get('param_dtype', 'float32')} / compute "
           f"{config.get('compute_dtype', 'bfloat16')}")
@@ -222,19 +225,21 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
 
     estimate = roofline.estimate(cost, chip)
     chips = len(devices)
-    model_flops = flops.video_train_step_flops(model_config, config.stage, global_batch, config.max_length,
-                                               model_config.video_tower_config.num_frames) / chips
+    # the LM head over the most labelled positions per row the step's fast path takes
+    model_flops = flops.step_flops(model_config, config.trainable, global_batch, config.max_length,
+                                   model_config.video_tower_config.num_frames,
+                                   head_tokens=global_batch * labelled_head_rows(config.max_length), images=1) / chips
     tokens = global_batch * config.max_length
     print(f"modelled step time on {chip.name} (train.roofline: max(compute, HBM) + ICI, stated there):")
     print(f"  compute {estimate.compute_s:.3f} s, HBM {estimate.memory_s:.3f} s, ICI {estimate.ici_s:.3f} s -> "
           f"step {estimate.step_s:.3f} s ({estimate.bound} bound)")
     print(f"  MFU {model_flops / (estimate.step_s * chip.peak_flops):.1%} (model FLOPs "
-          f"{model_flops:.4g} per chip per step, train.flops.video_train_step_flops), "
+          f"{model_flops:.4g} per chip per step, train.flops.step_flops), "
           f"{tokens / estimate.step_s / chips:,.0f} tokens/s per chip")
-    if config.stage in PAPER_SAMPLES:
-        samples, source = PAPER_SAMPLES[config.stage]
+    if stage in PAPER_SAMPLES:
+        samples, source = PAPER_SAMPLES[stage]
         steps = math.ceil(samples / global_batch)
-        print(f"  one epoch of the paper's {config.stage} data ({source}): {steps:,} steps, "
+        print(f"  one epoch of the paper's {stage} data ({source}): {steps:,} steps, "
               f"{steps * estimate.step_s / 86400:.2f} days")
     return Verdict("train step", total, problems)
 

@@ -27,6 +27,7 @@ from vllava_jax.checkpoint.write import check_destination, save_hf
 from vllava_jax.checkpoint.orbax import absolute
 from vllava_jax.errors import CheckpointError, ConfigError
 from vllava_jax.modeling import lora
+from vllava_jax.train import adapters
 from vllava_jax.train.loop import RunResult, build_model_config, policy_from_config
 from vllava_jax.train.run_config import RUN_CONFIG
 
@@ -51,7 +52,7 @@ def export_adapter(config: ml_collections.ConfigDict, result: RunResult, directo
                    overwrite: bool = True) -> epath.Path:
     """Write a LoRA run's adapters (and its projector, if it trained) as a PEFT adapter dir."""
     return peft.save_peft(trained_model(config, result).module, build_model_config(config), directory,
-                          include_projector=bool(config.lora.get("train_projector", False)), force=overwrite)
+                          include_projector=adapters.trains_projector(config), force=overwrite)
 
 
 def run_config(workdir: epath.Path) -> ml_collections.ConfigDict:
@@ -66,7 +67,7 @@ def restore_run(config: ml_collections.ConfigDict, workdir: epath.Path, step: in
     """The run's parameters at `step` (default: its latest checkpoint), on this host's first device."""
     import orbax.checkpoint as ocp
 
-    from vllava_jax.train import adapters, partition
+    from vllava_jax.train import partition
     from vllava_jax.train.loop import build_model
     from vllava_jax.train.optimizer import make_optimizer
     from vllava_jax.train.step import TrainState

@@ -1,16 +1,17 @@
 """Model FLOPs (for MFU) and accelerator peak FLOP/s by device kind.
 
-`train_flops_per_token` is the decoder's: its matmuls forward and backward (6 x params per token
-when the LLM trains; 4 x when it is frozen but gradients still flow through it to the projector)
-and the causal attention score/value matmuls. `video_train_step_flops` is a whole step's: the
-projector and the frozen towers' forward pass too, which run per visual token, not per text token.
+`step_flops` is the one count of a train step's model FLOPs: the trainer's MFU, every benchmark's
+and `train.aot`'s plan use it; what trains is the config's `trainable` list (`train.partition`).
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 
 from vllava_jax.config import VideoLlavaConfig, VisionConfig
+from vllava_jax.train import partition
 
 # dense bf16 peak FLOP/s per device
 PEAK_FLOPS = {
@@ -25,21 +26,52 @@ PEAK_FLOPS = {
 }
 
 
-def train_flops_per_token(config: VideoLlavaConfig, stage: str, seq_len: int = 2048) -> float:
-    """The decoder's training FLOPs per token of a `seq_len`-token row."""
+def step_flops(config: VideoLlavaConfig, trainable: Sequence[str], rows: int, seq_len: int, frames: int,
+               head_tokens: int | None = None, images: int = 0) -> float:
+    """Model FLOPs of one train step over `rows` rows of `seq_len` tokens, each with one `frames`-frame
+    video and `images` images.
+
+    Every matmul that must run is counted, 2 FLOPs per multiply-add, forward then backward: a
+    weight's gradient only where `trainable` (the config's path regexes) trains it, an input's
+    gradient only where something upstream trains. So a frozen tower costs its forward up to the
+    deepest feature layer (3x when it trains); the projector its forward plus the gradients
+    that are needed; the decoder's layers run over every token, its causal attention scores and
+    values over the half of each row a token sees; its LM head over `head_tokens` (the labelled
+    positions whose logits the loss needs; default every token). LoRA adapters' own matmuls
+    (rank << hidden) are not counted.
+    """
+    towers_train = partition.trains(trainable, "video_tower/layers/attn/q/kernel")
+    projector_trains = partition.trains(trainable, "projector/linear_1/kernel")
+    llm_trains = partition.trains(trainable, "language_model/layers/attn/q/kernel")
+    grads_reach_decoder = towers_train or projector_trains or llm_trains or partition.trains_adapters(trainable)
+    llm_factor = 2 + 2 * grads_reach_decoder + 2 * llm_trains  # forward, input gradients, weight gradients
+
     t = config.text_config
     attn = t.hidden_size * t.head_dim * (2 * t.num_attention_heads + 2 * t.num_key_value_heads)
-    mlp = 3 * t.hidden_size * t.intermediate_size
-    matmul_params = t.num_hidden_layers * (attn + mlp) + t.hidden_size * t.vocab_size
-    attention_scores = 2 * t.num_hidden_layers * seq_len * t.num_attention_heads * t.head_dim
-    return _llm_factor(stage) * matmul_params + 3 * attention_scores
+    layers = t.num_hidden_layers * (attn + 3 * t.hidden_size * t.intermediate_size)
+    attention_scores = 2 * t.num_hidden_layers * seq_len * t.num_attention_heads * t.head_dim  # causal half, per token
+    tokens = rows * seq_len
+    head = t.hidden_size * t.vocab_size * (tokens if head_tokens is None else head_tokens)
+    decoder = llm_factor * (layers * tokens + head) + (3 if grads_reach_decoder else 1) * attention_scores * tokens
+
+    feature_dim = config.vision_config.hidden_size * len(config.feature_layers)
+    hidden = t.hidden_size
+    # forward and weight gradients of both linears; input gradients of the second whenever the
+    # first trains or the towers do, of the first only when the towers train
+    projector_per_token = ((2 + 2 * projector_trains) * (feature_dim + hidden) * hidden
+                           + 2 * hidden * hidden * (projector_trains or towers_train) + 2 * feature_dim * hidden * towers_train)
+    tower_factor = 3 if towers_train else 1
+    per_row = 0.0
+    for tower, count, tokens_each in ((config.video_tower_config, frames, config.video_tower_config.num_positions),
+                                      (config.vision_config, images, config.image_seq_length)):
+        per_row += tower_factor * tower_flops(tower, count, feature_depth(config, tower))
+        per_row += projector_per_token * count * tokens_each
+    return decoder + rows * per_row
 
 
-def _llm_factor(stage: str) -> int:
-    """FLOPs per decoder parameter per token: forward + input and weight gradients (6), or no weight
-    gradients when the LLM is frozen and gradients only flow through it to the projector or its
-    LoRA adapters (4; the adapters' own matmuls are not counted)."""
-    return 4 if stage in ("stage1", "lora") else 6
+def feature_depth(config: VideoLlavaConfig, tower: VisionConfig) -> int:
+    """How many of `tower`'s layers run: up to the deepest feature layer the projector reads."""
+    return max(i % (tower.num_hidden_layers + 1) for i in config.feature_layers)
 
 
 def tower_flops(vision: VisionConfig, frames: int, layers: int) -> float:
@@ -48,28 +80,6 @@ def tower_flops(vision: VisionConfig, frames: int, layers: int) -> float:
     per_token = 2 * (4 * d * d + 2 * d * f) + 4 * n * d  # projections and MLP, then scores and values
     patch = 2 * vision.patch_size ** 2 * vision.num_channels * d
     return frames * (n * layers * per_token + vision.num_patches * patch)
-
-
-def video_train_step_flops(config: VideoLlavaConfig, stage: str, rows: int, seq_len: int, frames: int,
-                           head_tokens: int | None = None) -> float:
-    """Model FLOPs of one train step over `rows` rows of `seq_len` tokens, each with one `frames`-frame video.
-
-    Everything that must run is counted: the decoder's layers over every token, its LM head over
-    `head_tokens` (the labelled ones, whose logits the loss needs; default every token),
-    the projector (forward + weight gradients; input gradients too when the towers train), and the
-    video tower's forward up to the deepest feature layer (3x, with its backward, when they train).
-    """
-    vision = config.video_tower_config
-    depth = max(i % (vision.num_hidden_layers + 1) for i in config.feature_layers)
-    feature_dim = vision.hidden_size * len(config.feature_layers)
-    t = config.text_config
-    hidden = t.hidden_size
-    towers_train = stage == "full"
-    projector = (6 if towers_train else 4) * (feature_dim * hidden + hidden * hidden) * frames * vision.num_positions
-    tower = tower_flops(vision, frames, depth) * (3 if towers_train else 1)
-    unneeded_logits = 0 if head_tokens is None else rows * seq_len - head_tokens
-    head = _llm_factor(stage) * hidden * t.vocab_size * unneeded_logits
-    return rows * (seq_len * train_flops_per_token(config, stage, seq_len) + projector + tower) - head
 
 
 def peak_flops(override: float | None = None) -> float | None:

@@ -69,7 +69,7 @@ def build_model_config(config: ml_collections.ConfigDict) -> VideoLlavaConfig:
 
 def build_model(config: ml_collections.ConfigDict, mesh) -> vllava_jax.VideoLlava:
     """From a converted checkpoint (`init_checkpoint`) or randomly from `model` (a config.json dict);
-    with fresh LoRA adapters when `config.stage` is "lora"."""
+    with fresh LoRA adapters when `config.trainable` trains them."""
     policy = policy_from_config(config)
     if config.get("init_checkpoint"):
         model = vllava_jax.load_pretrained(config.init_checkpoint, dtype=policy, remat=config.remat, mesh=mesh)
@@ -170,13 +170,15 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     losses: list[float] = []
     skipped: list[np.ndarray] = []  # the data pipeline's per-batch counts of skipped samples
     logger = Logger(workdir, write=jax.process_index() == 0)
-    flops_per_token = flops.train_flops_per_token(model.config, config.stage, config.max_length)
-    # every position of every row runs through the decoder, labelled or not
-    tokens = config.accum_steps * config.batch_size * jax.process_count() * config.max_length
+    rows = config.accum_steps * config.batch_size * jax.process_count()
+    tokens = rows * config.max_length  # every position of every row runs through the decoder, labelled or not
+    # MFU counts what the towers run on: the batch buffer's one video and one image per row
+    frames = model.config.video_tower_config.num_frames
     peak = flops.peak_flops(config.get("peak_flops_per_device"))
     start_step = int(state.step)
     end_step = config.total_steps if steps is None else min(config.total_steps, start_step + steps)
-    bar = tqdm(range(start_step, end_step), initial=start_step, total=config.total_steps, desc=config.stage,
+    bar = tqdm(range(start_step, end_step), initial=start_step, total=config.total_steps,
+               desc=partition.preset_name(config.trainable),
                disable=jax.process_index() != 0)
     try:
         for step in bar:
@@ -199,7 +201,9 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
                        "tokens_per_second": tokens / seconds, "seconds_per_step": seconds}
             shown = dict(loss=f"{loss:.4f}", lr=f"{scalars['learning_rate']:.2e}", tok_s=f"{tokens / seconds:.0f}")
             if peak:  # unknown on CPUs (and unset in the config): no MFU rather than a made-up 0%
-                scalars["mfu"] = flops_per_token * tokens / seconds / (peak * jax.device_count())
+                model_flops = flops.step_flops(model.config, config.trainable, rows, config.max_length, frames,
+                                               head_tokens=int(scalars["answer_tokens"]), images=1)
+                scalars["mfu"] = model_flops / seconds / (peak * jax.device_count())
                 shown["mfu"] = f"{scalars['mfu']:.1%}"
             if (step + 1) % config.log_every == 0 or step + 1 == end_step:
                 logger.log(step + 1, scalars)

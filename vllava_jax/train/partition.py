@@ -1,9 +1,10 @@
-"""Which parameters a stage trains, by regex over their path ("language_model/layers/attn/q/kernel").
+"""Which parameters train: `config.trainable`, regexes over parameter paths ("language_model/layers/attn/q/kernel").
 
-Stage 1 trains the projector; stage 2 the projector and the LLM; the towers stay frozen. Stage
-`lora` trains only the decoder's LoRA adapters (`modeling/lora.py`), and the projector too with
-`config.lora.train_projector`. Frozen parameters never reach the optimizer, so no optimizer state
-is kept for them.
+That one list is what partitioning, LoRA's adapters, FLOP counting (`flops.step_flops`) and
+logging read. `preset` names the recipe's usual lists: stage 1 trains the projector, stage 2 the
+projector and the LLM (towers frozen), `full` everything, `lora` the decoder's LoRA adapters
+(`modeling/lora.py`; a config adds `PROJECTOR` to train the projector alongside, as the original's
+LoRA stage 2 does). Frozen parameters never reach the optimizer, so no optimizer state is kept for them.
 """
 
 from __future__ import annotations
@@ -16,21 +17,40 @@ from flax import nnx
 
 from vllava_jax.modeling.lora import ADAPTER_PARAMS
 
-STAGES = {
-    "stage1": (r"^projector/",),
-    "stage2": (r"^projector/", r"^language_model/"),
+PROJECTOR = r"^projector/"
+PRESETS = {
+    "stage1": (PROJECTOR,),
+    "stage2": (PROJECTOR, r"^language_model/"),
     "full": (r".*",),
     "lora": (ADAPTER_PARAMS,),
 }
-PROJECTOR = r"^projector/"
+
+
+def preset(name: str) -> tuple[str, ...]:
+    """The trainable patterns a recipe's stage name stands for (`PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"stage {name!r} is not one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_name(patterns: Sequence[str]) -> str:
+    """The preset `patterns` are, for logs; "custom" for any other list."""
+    return next((name for name, known in PRESETS.items() if tuple(patterns) == known), "custom")
 
 
 def trainable_patterns(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """What `config` trains: its stage's patterns, plus the projector for LoRA with `lora.train_projector`."""
-    patterns = STAGES[config.stage]
-    if config.stage == "lora" and config.lora.get("train_projector", False):
-        patterns += (PROJECTOR,)
-    return patterns
+    """What `config` trains: its `trainable` list."""
+    return tuple(config.trainable)
+
+
+def trains(patterns: Sequence[str], path: str) -> bool:
+    """Whether a parameter at `path` ("projector/linear_1/kernel") is trained under `patterns`."""
+    return any(re.search(p, path) for p in patterns)
+
+
+def trains_adapters(patterns: Sequence[str]) -> bool:
+    """Whether the run trains LoRA adapters (and so must attach them)."""
+    return ADAPTER_PARAMS in patterns
 
 
 def path_string(path: Sequence) -> str:

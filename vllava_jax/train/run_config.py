@@ -10,6 +10,7 @@ run and log again.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import ml_collections
@@ -24,14 +25,21 @@ from vllava_jax.train import partition
 RUN_CONFIG = "train_config.json"  # the resolved config of the run, beside its checkpoints (train.export reads it)
 POSITIVE_KEYS = ("total_steps", "batch_size", "accum_steps", "max_length", "checkpoint_every", "checkpoint_keep",
                  "log_every", "learning_rate")
-RESUME_MUST_MATCH = ("stage", "init_checkpoint", "model")  # what the saved state's shapes depend on
+RESUME_MUST_MATCH = ("trainable", "init_checkpoint", "model")  # what the saved state's shapes depend on
 SCHEDULE_KEYS = ("total_steps", "learning_rate", "warmup_ratio")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail naming the key for values the trainer cannot run with, before anything is built."""
-    if config.stage not in partition.STAGES:
-        raise ConfigError(f"config.stage {config.stage!r} is not one of {sorted(partition.STAGES)}")
+    trainable = config.get("trainable")
+    if isinstance(trainable, str) or not trainable or not all(isinstance(p, str) for p in trainable):
+        raise ConfigError(f"config.trainable must be a non-empty list of parameter-path regexes, got {trainable!r} "
+                          f"(presets: {sorted(partition.PRESETS)}, vllava_jax.train.partition.preset)")
+    for pattern in trainable:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"config.trainable: {pattern!r} is not a regex ({e})") from None
     for key in POSITIVE_KEYS:
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

@@ -19,17 +19,19 @@ import functools
 import math
 import re
 import zlib
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from vllava_jax.config import DTypePolicy
 from vllava_jax.errors import ConfigError
 from vllava_jax.modeling.layers import Dense, matmul_2d
+
+if TYPE_CHECKING:  # only read here: the model imports where ml_collections is not installed
+    import ml_collections
 
 # The original's LoRA targets every Linear of the LLM but the LM head (`find_all_linear_names`).
 DEFAULT_TARGETS = (r"^language_model/layers/attn/[qkvo]$", r"^language_model/layers/mlp/(gate|up|down)$")

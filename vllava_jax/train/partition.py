@@ -10,12 +10,14 @@ LoRA stage 2 does). Frozen parameters never reach the optimizer, so no optimizer
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import ml_collections
 from flax import nnx
 
 from vllava_jax.modeling.lora import ADAPTER_PARAMS
+
+if TYPE_CHECKING:  # only read here: benchmarks import this where ml_collections is not installed
+    import ml_collections
 
 PROJECTOR = r"^projector/"
 PRESETS = {

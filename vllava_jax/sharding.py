@@ -120,22 +120,22 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
     """A NamedSharding for every variable of an NNX state, from its `out_sharding` names; warns
     (once per parameter and dimension) about each dimension replicated because it does not divide."""
 
-    replicated = []
+    for path, variable in nnx.to_flat_state(state):
+        for misfit in place(logical_names(variable), variable.shape, mesh, rules)[1]:
+            # the same text is shown once (Python's default warning filter)
+            warnings.warn(f"replicated: {describe(path_name(path), variable.shape, misfit)}",
+                          ReplicatedDimensionWarning, stacklevel=2)
 
-    def one(path, variable):
-        spec, misfits = place(logical_names(variable), variable.shape, mesh, rules)
-        replicated.extend(describe(path_name(path), variable.shape, misfit) for misfit in misfits)
-        return variable.replace(NamedSharding(mesh, spec))
+    def one(variable):
+        return variable.replace(NamedSharding(mesh, logical_to_spec(logical_names(variable), variable.shape, mesh,
+                                                                    rules)))
 
-    shardings = jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    for line in replicated:  # the same text is shown once (Python's default warning filter)
-        warnings.warn(f"replicated: {line}", ReplicatedDimensionWarning, stacklevel=2)
-    return shardings
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def path_name(path) -> str:
-    """`language_model/layers/attn/q/kernel` from a pytree key path or a tuple of names."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    """`language_model/layers/attn/q/kernel` from an NNX state path."""
+    return "/".join(map(str, path))
 
 
 def shard_state(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.State:

@@ -42,7 +42,7 @@ def main() -> None:
     from configs import video_llava_7b, video_llava_7b_lora
     from vllava_jax.config import DTypePolicy, VideoLlavaConfig
     from vllava_jax.modeling.video_llava import VideoLlavaModel
-    from vllava_jax.sharding import activation_sharding, make_mesh, state_shardings
+    from vllava_jax.sharding import make_mesh, state_shardings
     from vllava_jax.train import adapters, partition
     from vllava_jax.train.loop import batch_shardings
     from vllava_jax.train.optimizer import make_optimizer
@@ -79,7 +79,7 @@ def main() -> None:
 
     start = time.perf_counter()
     step = jit_train_step(graphdef, optimizer, state, frozen, shardings)
-    with activation_sharding(mesh):
+    with jax.set_mesh(mesh):
         compiled = step.lower(state, frozen, batch).compile()
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()

@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 8  # rows per microbatch read by each process; global = batch_size x processes
     config.max_length = 256
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=0))
+    config.max_replicated_fraction = 0.02  # refuse a mesh that leaves more parameter bytes unsplit (sharding.py)
     config.checkpoint_every = 5
     config.checkpoint_keep = 3
     config.log_every = 1

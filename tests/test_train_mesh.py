@@ -1,5 +1,6 @@
-"""The same tiny training run on 8 simulated devices in several mesh shapes and on one device, and
-a run saved on one mesh shape resumed on another."""
+"""The same tiny training run on 8 simulated devices in several mesh shapes and on one device, a
+run saved on one mesh shape resumed on another, and a mesh that would replicate the attention
+weights refused."""
 
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ SCRIPT = textwrap.dedent("""
     second = tiny(total_steps=3, mesh=dict(data=2, fsdp=2, tensor=2, num_devices=8))
     tail = train(second, workdir, SyntheticBatches(build_model_config(second), rows=8, length=48)).losses
     np.testing.assert_allclose(head + tail, base, rtol=2e-5)
+
+    # 4 heads over tensor=8: the attention weights would sit whole on every device; refused before step 1
+    from vllava_jax.errors import ConfigError
+    bad = tiny(total_steps=1, mesh=dict(data=1, fsdp=1, tensor=8, num_devices=8))
+    try:
+        train(bad, tempfile.mkdtemp(), SyntheticBatches(build_model_config(bad), rows=8, length=48))
+    except ConfigError as e:
+        assert "max_replicated_fraction" in str(e) and "language_model/layers/attn" in str(e), e
+    else:
+        raise AssertionError("tensor=8 was accepted")
     print("OK", losses)
 """)
 

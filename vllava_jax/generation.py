@@ -23,6 +23,7 @@ from vllava_jax.errors import InputError
 from vllava_jax.inputs import check_inputs, optional_array
 from vllava_jax.modeling.kv_cache import KVCache
 from vllava_jax.modeling.video_llava import positions_from_mask
+from vllava_jax.sharding import mesh_context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +152,7 @@ def generate_program(graphdef, state, input_ids, attention_mask, images, videos,
 def prefill(model, input_ids, attention_mask, pixel_values_images, pixel_values_videos, *, sampling: SamplingConfig,
             key: jax.Array) -> Decoding:
     """Run a prompt laid out by `prepare_prompt` and choose the first new token; returns the decode carry."""
-    with jax.default_matmul_precision(model.policy.matmul_precision):
+    with mesh_context(model.mesh), jax.default_matmul_precision(model.policy.matmul_precision):
         return _prefill_and_choose(model.graphdef, model.state, jnp.asarray(input_ids, jnp.int32),
                                    jnp.asarray(attention_mask, jnp.int32), optional_array(pixel_values_images),
                                    optional_array(pixel_values_videos), key, sampling)
@@ -164,7 +165,7 @@ def decode(model, decoding: Decoding, stop: int, *, sampling: SamplingConfig) ->
     run in one device loop, and the call returns before they finish (JAX dispatches
     asynchronously), so the next call can be queued before this one's tokens are read.
     """
-    with jax.default_matmul_precision(model.policy.matmul_precision):
+    with mesh_context(model.mesh), jax.default_matmul_precision(model.policy.matmul_precision):
         return decode_loop(model.graphdef, model.state, decoding, jnp.int32(stop), sampling)
 
 

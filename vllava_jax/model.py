@@ -1,7 +1,8 @@
 """The user-facing model: `load_pretrained(path)` and `VideoLlava`, called like transformers' model.
 
 `VideoLlava` holds the NNX graph definition and parameter state apart, checks inputs on the host
-(where a clear error can still name the shape at fault), and runs one jitted pure function.
+(where a clear error can still name the shape at fault), and runs one jitted pure function, under
+`jax.set_mesh` of its mesh when it has one (so activations are placed by the rules table too).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from vllava_jax.checkpoint.read import leaves, open_source
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.inputs import check_inputs, optional_array
 from vllava_jax.modeling.video_llava import VideoLlavaModel
-from vllava_jax.sharding import state_shardings
+from vllava_jax.sharding import MAX_REPLICATED_FRACTION, check_sufficiently_sharded, mesh_context, state_shardings
 
 
 class ModelOutput(NamedTuple):
@@ -36,11 +37,15 @@ def _forward(graphdef, state, input_ids, attention_mask, pixel_values_images, pi
 
 
 class VideoLlava:
-    def __init__(self, config: VideoLlavaConfig, policy: DTypePolicy, graphdef: nnx.GraphDef, state: nnx.State):
+    def __init__(self, config: VideoLlavaConfig, policy: DTypePolicy, graphdef: nnx.GraphDef, state: nnx.State,
+                 mesh: jax.sharding.Mesh | None = None):
+        """`mesh`: the one `state` is placed on (`load_pretrained(mesh=...)`); every jitted call runs
+        under `jax.set_mesh(mesh)`. None: one device."""
         self.config = config
         self.policy = policy
         self.graphdef = graphdef
         self.state = state
+        self.mesh = mesh
 
     @classmethod
     def random(cls, config: VideoLlavaConfig, dtype: str | DTypePolicy = "float32", seed: int = 0,
@@ -71,7 +76,7 @@ class VideoLlava:
         input_ids = np.asarray(input_ids)
         attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
         check_inputs(self.config, input_ids, attention_mask, pixel_values_images, pixel_values_videos)
-        with jax.default_matmul_precision(self.policy.matmul_precision):
+        with mesh_context(self.mesh), jax.default_matmul_precision(self.policy.matmul_precision):
             logits = _forward(
                 self.graphdef,
                 self.state,
@@ -110,14 +115,18 @@ class VideoLlava:
 
 
 def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", remat: bool | str = False,
-                    mesh=None) -> VideoLlava:
+                    mesh: jax.sharding.Mesh | None = None,
+                    max_replicated_fraction: float = MAX_REPLICATED_FRACTION) -> VideoLlava:
     """Load a checkpoint dir: transformers, original Video-LLaVA or ours (`checkpoint.detect` tells).
 
     `dtype` names one dtype for parameters and compute, or is a `DTypePolicy` (training keeps
     float32 master weights and computes in bfloat16).
 
     With a `mesh`, every parameter lands on its `sharding.state_shardings` placement (ours is
-    restored straight onto it); without one, on the default device.
+    restored straight onto it) and the model runs under that mesh; without one, on the default
+    device. A mesh that would leave more than `max_replicated_fraction` of the parameter bytes
+    replicated over fsdp x tensor is refused (`sharding.check_sufficiently_sharded`) before any
+    weight is read.
     """
     source = open_source(path)
     policy = DTypePolicy.resolve(dtype)
@@ -127,6 +136,7 @@ def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", 
     if mesh is None:
         placement = {p: jax.sharding.SingleDeviceSharding(jax.devices()[0]) for p in flat}
     else:
+        check_sufficiently_sharded(abstract_state, mesh, max_replicated_fraction=max_replicated_fraction)
         placement = {p: v.get_value() for p, v in nnx.to_flat_state(state_shardings(abstract_state, mesh))}
     if source.format == "ours":
         targets = {p: jax.ShapeDtypeStruct(v.shape, policy.param_dtype, sharding=placement[p]) for p, v in flat.items()}
@@ -136,4 +146,4 @@ def load_pretrained(path: epath.PathLike, dtype: str | DTypePolicy = "float32", 
         values = {p: jax.device_put(leaf.whole(), placement[p])
                   for p, leaf in leaves(source, shapes, policy.param_dtype).items()}
     state = nnx.from_flat_state([(p, v.replace(values[p])) for p, v in flat.items()])
-    return VideoLlava(source.config, policy, graphdef, state)
+    return VideoLlava(source.config, policy, graphdef, state, mesh)

@@ -214,7 +214,7 @@ def load_adapter(model, directory: epath.PathLike):
     state = dict(nnx.to_flat_state(nnx.state(module.projector, nnx.Param)))
     for path, value in adapter.projector.items():
         state[path].set_value(jnp.asarray(value))  # as trained (float32), whatever the base's dtype
-    return VideoLlava(model.config, model.policy, *nnx.split(module))
+    return VideoLlava(model.config, model.policy, *nnx.split(module), model.mesh)
 
 
 def merged_leaves(params: dict[tuple[str, ...], Streamed], directory: epath.PathLike,

@@ -45,7 +45,7 @@ def with_adapters(model: vllava_jax.VideoLlava, config: ml_collections.ConfigDic
         return model
     module = model.module
     add_adapters(module, config, model.policy)
-    return vllava_jax.VideoLlava(model.config, model.policy, *nnx.split(module))
+    return vllava_jax.VideoLlava(model.config, model.policy, *nnx.split(module), model.mesh)
 
 
 def group_learning_rates(config: ml_collections.ConfigDict) -> dict[str, float]:

@@ -28,7 +28,8 @@ from vllava_jax import cli
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.errors import VllavaError
 from vllava_jax.eval.cache import write_atomic
-from vllava_jax.sharding import activation_sharding, logical_to_spec, make_mesh, state_shardings
+from vllava_jax.sharding import (MAX_REPLICATED_FRACTION, check_sufficiently_sharded, logical_to_spec, make_mesh,
+                                 state_shardings)
 from vllava_jax.train import adapters, flops, partition
 from vllava_jax.train.optimizer import make_optimizer
 from vllava_jax.train.run_config import RUN_CONFIG, check_config, check_resume, keep_logged_steps, resolved_config
@@ -72,11 +73,16 @@ def build_model(config: ml_collections.ConfigDict, mesh) -> vllava_jax.VideoLlav
     with fresh LoRA adapters when `config.trainable` trains them."""
     policy = policy_from_config(config)
     if config.get("init_checkpoint"):
-        model = vllava_jax.load_pretrained(config.init_checkpoint, dtype=policy, remat=config.remat, mesh=mesh)
+        model = vllava_jax.load_pretrained(config.init_checkpoint, dtype=policy, remat=config.remat, mesh=mesh,
+                                           max_replicated_fraction=max_replicated_fraction(config))
     else:
         model = vllava_jax.VideoLlava.random(build_model_config(config), dtype=policy, seed=config.seed,
                                              remat=config.remat)
     return adapters.with_adapters(model, config)
+
+
+def max_replicated_fraction(config: ml_collections.ConfigDict) -> float:
+    return config.get("max_replicated_fraction", MAX_REPLICATED_FRACTION)
 
 
 def global_shapes(batch: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -141,6 +147,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     devices = jax.devices()[: mesh_config.pop("num_devices", None) or None]
     mesh = make_mesh(**mesh_config, devices=devices)
     model = build_model(config, mesh)
+    check_sufficiently_sharded(model.state, mesh, max_replicated_fraction=max_replicated_fraction(config))
     graphdef, trainable, frozen = partition.split_trainable(model.module, partition.trainable_patterns(config))
     frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
     optimizer, schedule = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
@@ -187,7 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
             if step_fn is None:  # one compiled step, explicit in/out shardings
                 step_fn = jit_train_step(graphdef, optimizer, state, frozen, shardings)
             began = time.perf_counter()
-            with activation_sharding(mesh):  # read while the step is traced (first call)
+            with jax.set_mesh(mesh):  # activations and attention read it while the step is traced
                 state, metrics = step_fn(state, frozen, to_global(batch, shardings))
             loss = float(metrics["loss"])
             seconds = time.perf_counter() - began

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vllava_jax import generation
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.modeling.video_llava import VideoLlavaModel
-from vllava_jax.sharding import activation_sharding, logical_to_spec, state_shardings
+from vllava_jax.sharding import logical_to_spec, state_shardings
 from vllava_jax.train import adapters, partition
 from vllava_jax.train import state as train_state
 from vllava_jax.train.loop import batch_shardings, policy_from_config
@@ -84,7 +84,7 @@ def lower_train_step(config: ml_collections.ConfigDict, model_config: VideoLlava
     """(lowered step, abstract train state): `rows` rows of `config.max_length` per microbatch."""
     train = abstract_train_state(config, model_config, mesh)
     batch = abstract_batch(model_config, mesh, accum, rows, config.max_length)
-    with jax.set_mesh(mesh), activation_sharding(mesh):
+    with jax.set_mesh(mesh):
         step = train_state.jit_train_step(train.graphdef, train.optimizer, train.state, train.frozen,
                                           jax.tree.map(lambda x: x.sharding, batch))
         lowered = step.lower(train.state, train.frozen, batch)

@@ -111,11 +111,25 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(value, flat_params(straight)[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+class NanImagesAt(SyntheticBatches):
+    """Synthetic batches whose batch `at` carries NaN pixels, so the step reading it has a NaN loss."""
+
+    def __init__(self, *args, at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def __next__(self):
+        index, batch = self.index, super().__next__()
+        if index == self.at:
+            batch["pixel_values_images"] = np.full_like(batch["pixel_values_images"], np.nan)
+        return batch
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = tiny(total_steps=6)
     model_config = build_model_config(config)
     with pytest.raises(TrainingDiverged, match="loss is nan at step 3"):
-        train(config, tmp_path, SyntheticBatches(model_config, rows=8, length=48, nan_at=2))
+        train(config, tmp_path, NanImagesAt(model_config, rows=8, length=48, at=2))
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert max(saved) == 2
 

@@ -8,12 +8,10 @@ import numpy as np
 class SyntheticBatches:
     """Batch k depends only on (seed, k): resuming at k gives the very batches an unbroken run sees."""
 
-    def __init__(self, config, rows: int = 8, length: int = 48, seed: int = 0, nan_at: int | None = None,
-                 process: tuple[int, int] = (0, 1)):
+    def __init__(self, config, rows: int = 8, length: int = 48, seed: int = 0, process: tuple[int, int] = (0, 1)):
         """`process` = (index, count): this process's contiguous share of the rows, as a data shard."""
         self.config, self.rows, self.length, self.seed = config, rows, length, seed
         self.index = 0
-        self.nan_at = nan_at
         self.process = process
 
     def __iter__(self):
@@ -29,8 +27,6 @@ class SyntheticBatches:
         ids[::2, 2: 2 + per_image] = cfg.image_token_index  # every other row carries an image
         labels = np.where(np.arange(self.length) >= 2 + per_image + 4, ids, -100).astype(np.int32)
         images = rng.standard_normal((self.rows // 2, 3, size, size)).astype(np.float32)
-        if self.nan_at is not None and self.index == self.nan_at:
-            images[:] = np.nan
         self.index += 1
         shard, count = self.process
         rows = slice(shard * self.rows // count, (shard + 1) * self.rows // count)

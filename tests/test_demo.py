@@ -12,6 +12,7 @@ from configs import shapes_tiny
 from data_pipelines.shapes.media import BACKGROUND, COLORS
 from data_pipelines.shapes.tokenizer import write_tokenizer
 from data_pipelines.shapes.world import ShapesSpec, color_question as shape_color_question, generate
+from tests.cli_run import in_process
 from vllava_jax.processing.processor import Processor
 
 SMALL = ShapesSpec(train_videos=3, train_images=3, eval_videos=2, eval_images=2)
@@ -85,13 +86,14 @@ def test_image_qa_asks_each_shapes_color_and_eval_images_hold_two_colors(tmp_pat
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    from vllava_jax import demo
+    """Through `python -m vllava_jax.demo`'s entry and the CLI wrapper, as the Quickstart runs it: exit 0."""
+    from vllava_jax.demo.__main__ import entry
 
-    metrics = demo.main(["--workdir", str(tmp_path), "--stage1-steps", "2", "--stage2-steps", "2",
-                         "--train-videos", "4", "--train-images", "4", "--eval-videos", "3", "--eval-images", "3"])
-    out = capsys.readouterr().out
-    assert "[5/5] one answer from python -m vllava_jax.generate" in out and "accuracy:" in out
-    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    result = in_process(entry, ["--workdir", tmp_path, "--stage1-steps", "2", "--stage2-steps", "2", "--train-videos",
+                                "4", "--train-images", "4", "--eval-videos", "3", "--eval-images", "3"], capsys)
+    assert result.code == 0, result.err[-2000:]
+    assert "[5/5] one answer from python -m vllava_jax.generate" in result.out and "accuracy:" in result.out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["accuracy"]) == {"video_direction", "image_color"}
     assert metrics["steps"] == {"stage1": 2, "stage2": 2}
     for stage in ("init", "stage1", "stage2"):

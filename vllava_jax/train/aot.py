@@ -24,6 +24,8 @@ import math
 import sys
 import time
 
+from vllava_jax.sharding import MODEL_AXES
+
 # The paper's training data, one epoch each (Video-LLaVA, arXiv 2311.10122, Sec. 4.1 "Data details";
 # the repository's TRAIN_AND_VALIDATE.md names the same four sets: llava_image, valley, llava_image_tune,
 # videochatgpt_tune, and its finetune script also reads a text-only nlp_tune.json, not counted here).
@@ -148,7 +150,6 @@ def compile_and_describe(lowered, budget: float, heading: str):
     return compiled, program, cost, total
 
 
-MODEL_AXES = ("fsdp", "tensor")  # the axes that split parameters; data replicates them by design
 
 
 def model_split(mesh) -> int:

@@ -72,7 +72,7 @@ def main() -> None:
     frames, size = 8, config.video_tower_config.image_size
     lead = (args.accum, args.rows)
     shapes = {"input_ids": (*lead, args.seq), "labels": (*lead, args.seq), "attention_mask": (*lead, args.seq),
-              "positions": (*lead, args.seq), "pixel_values_videos": (*lead, frames, 3, size, size)}
+              "positions": (*lead, args.seq), "pixel_values_videos": (*lead, 1, frames, 3, size, size)}
     shardings = batch_shardings(shapes, mesh)
     dtypes = {"pixel_values_videos": jnp.float32}
     batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32), sharding=shardings[k]) for k, v in shapes.items()}

@@ -52,7 +52,8 @@ def labelled_batch(rng, batch: int, image_size: int, text_tokens: int) -> dict[s
 
 def jitted_step(module, trainable: Sequence[str], batch: dict[str, np.ndarray], learning_rate: float = 1e-5):
     """(step, state, frozen, batches) as the trainer builds them, on a one-device mesh: call
-    `step(state, frozen, batches)`; `batches` is `batch` as one microbatch (no accumulation)."""
+    `step(state, frozen, batches)`; `batches` is `batch` (flat videos, as transformers takes them) as
+    one microbatch (no accumulation) in the training batch's per-row layout."""
     mesh = make_mesh(devices=jax.devices()[:1])
     graphdef, trainable, frozen = partition.split_trainable(module, trainable)
     optimizer, _ = make_optimizer(learning_rate, 1000)
@@ -60,7 +61,8 @@ def jitted_step(module, trainable: Sequence[str], batch: dict[str, np.ndarray], 
     frozen = place_on_mesh(frozen, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     step = jit_train_step(graphdef, optimizer, state, frozen, replicated)
-    batches = jax.device_put({k: v[None] for k, v in batch.items()}, replicated)
+    per_row = dict(batch, pixel_values_videos=batch["pixel_values_videos"][:, None])  # the training layout: a video per row
+    batches = jax.device_put({k: v[None] for k, v in per_row.items()}, replicated)
     return step, state, frozen, batches
 
 

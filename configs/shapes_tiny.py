@@ -71,5 +71,6 @@ def get_config(stage: str = "stage2") -> ml_collections.ConfigDict:
     config.log_every = 1
     config.peak_flops_per_device = 0.0
     config.data = ml_collections.ConfigDict(dict(kind="annotations", annotations=(), media_roots=(), tfds_dirs=(), weights=(),
-                                                 template=template, pack=False, num_workers=0, tokenizer=""))
+                                                 template=template, pack=False, num_workers=0, tokenizer="",
+                                                 images_per_row=1, videos_per_row=1))
     return config

@@ -39,5 +39,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every = 1
     config.peak_flops_per_device = 0.0  # 0: from the device-kind table (none on CPUs)
     config.data = ml_collections.ConfigDict(dict(kind="synthetic", annotations=(), media_roots=(), tfds_dirs=(), weights=(),
-                                                 template="vicuna_v1", pack=False, num_workers=0))
+                                                 template="vicuna_v1", pack=False, num_workers=0,
+                                                 images_per_row=1, videos_per_row=1))
     return config

@@ -1,8 +1,9 @@
 """Examples -> fixed-shape batches, one sample per row or several packed per row (first fit).
 
 A Grain `IterDataset` so that it runs inside the `mp_prefetch` workers and its state checkpoints
-with the rest of the pipeline. A batch closes when the next example fits in no row or would
-exceed the batch's image/video capacity; that example opens the next batch. The iterator state
+with the rest of the pipeline. An example goes to the first row with room for its tokens and its
+images and videos (`BatchSpec.images_per_row` / `videos_per_row`); a batch closes when the next
+example fits in no row; that example opens the next batch. The iterator state
 is the parent's state *before* that held-over example, so a restored iterator produces exactly
 the batches the original would have produced next.
 
@@ -66,8 +67,7 @@ class _PackIterator(grain.DatasetIterator):
     def __next__(self) -> dict[str, np.ndarray]:
         spec = self.spec
         rows: list[list[dict]] = []
-        fill: list[int] = []
-        images = videos = 0
+        fill: list[tuple[int, int, int]] = []  # per row: tokens, images, videos
         skipped = skip_counts()
         while True:
             try:
@@ -81,26 +81,20 @@ class _PackIterator(grain.DatasetIterator):
                 self._count_skip(example)
                 continue
             self._unusable, self._failures = skip_counts(), []
-            n = len(example["input_ids"])
-            fits_visuals = (images + len(example["images"]) <= spec.image_capacity
-                            and videos + len(example["videos"]) <= spec.video_capacity)
-            row = next((r for r, used in enumerate(fill) if used + n <= spec.max_length), None) if self.pack else None
+            need = (len(example["input_ids"]), len(example["images"]), len(example["videos"]))
+            if not fits(need, (0, 0, 0), spec):
+                raise DataError(f"an example of {need[0]} tokens with {need[1]} image(s) and {need[2]} video(s) "
+                                f"can never fit {spec}")
+            row = next((r for r, used in enumerate(fill) if fits(need, used, spec)), None) if self.pack else None
             if row is None and len(rows) < spec.rows:
                 rows.append([])
-                fill.append(0)
+                fill.append((0, 0, 0))
                 row = len(rows) - 1
-            if row is None or not fits_visuals:
-                if not rows or not any(rows):
-                    raise DataError(f"an example with {len(example['images'])} image(s) and "
-                                     f"{len(example['videos'])} video(s) can never fit {spec}")
-                if not rows[-1]:
-                    rows.pop()
+            if row is None:
                 self._held = (example, state)
                 break
             rows[row].append(example)
-            fill[row] += n
-            images += len(example["images"])
-            videos += len(example["videos"])
+            fill[row] = tuple(u + n for u, n in zip(fill[row], need))
         return make_batch(rows, spec, skipped)
 
     def get_state(self) -> dict:
@@ -109,3 +103,9 @@ class _PackIterator(grain.DatasetIterator):
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state)
         self._held = None
+
+
+def fits(need: tuple[int, int, int], used: tuple[int, int, int], spec: BatchSpec) -> bool:
+    """Whether an example needing (tokens, images, videos) fits a row already holding `used`."""
+    limits = (spec.max_length, spec.images_per_row, spec.videos_per_row)
+    return all(u + n <= limit for u, n, limit in zip(used, need, limits))

@@ -105,19 +105,21 @@ def _example(n, images=0, videos=0, spec=None):
             "videos": np.full((videos, spec.num_frames, 3, s, s), n, np.float32)}
 
 
-def test_make_batch_layout_segments_positions_and_buffers():
-    spec = BatchSpec(rows=3, max_length=10, image_capacity=3, video_capacity=2, num_frames=2, image_size=4, pad_id=0)
-    rows = [[_example(3, images=1, spec=spec), _example(4, videos=1, spec=spec)], [_example(5, images=1, spec=spec)]]
+def test_make_batch_layout_segments_positions_and_per_row_media():
+    spec = BatchSpec(rows=3, max_length=10, images_per_row=2, videos_per_row=1, num_frames=2, image_size=4, pad_id=0)
+    rows = [[_example(3, images=1, spec=spec), _example(4, videos=1, spec=spec), _example(2, images=1, spec=spec)],
+            [_example(5, images=1, spec=spec)]]
     b = make_batch(rows, spec)
-    np.testing.assert_array_equal(b["segment_ids"][0], [1, 1, 1, 2, 2, 2, 2, 0, 0, 0])
-    np.testing.assert_array_equal(b["positions"][0], [0, 1, 2, 0, 1, 2, 3, 0, 0, 0])
+    np.testing.assert_array_equal(b["segment_ids"][0], [1, 1, 1, 2, 2, 2, 2, 3, 3, 0])
+    np.testing.assert_array_equal(b["positions"][0], [0, 1, 2, 0, 1, 2, 3, 0, 1, 0])
     np.testing.assert_array_equal(b["attention_mask"], b["segment_ids"] > 0)
     assert (b["segment_ids"][2] == 0).all() and (b["labels"][2] == IGNORE).all()
-    # images in slot order (row 0 then row 1), unused capacity after and marked invalid
-    assert b["pixel_values_images"][:, 0, 0, 0].tolist() == [3, 5, 0]
-    assert b["image_valid"].tolist() == [True, True, False]
-    assert b["pixel_values_videos"][:, 0, 0, 0, 0].tolist() == [4, 0] and b["video_valid"].tolist() == [True, False]
-    assert {k: v.shape for k, v in b.items()}["pixel_values_videos"] == (2, 2, 3, 4, 4)
+    # each row's media in that row's slot order, unused entries zero and marked invalid
+    assert b["pixel_values_images"][:, :, 0, 0, 0].tolist() == [[3, 2], [5, 0], [0, 0]]
+    assert b["image_valid"].tolist() == [[True, True], [True, False], [False, False]]
+    assert b["pixel_values_videos"][:, :, 0, 0, 0, 0].tolist() == [[4], [0], [0]]
+    assert b["video_valid"].tolist() == [[True], [False], [False]]
+    assert b["pixel_values_videos"].shape == (3, 1, 2, 3, 4, 4)
 
 
 def test_malformed_annotation_files_name_file_and_entry(tmp_path):

@@ -53,8 +53,8 @@ def _dataset(data, ckpt, **kwargs):
     proc = Processor.from_pretrained(ckpt)
     kwargs = dict(shard=grain.sharding.NoSharding(), seed=3) | kwargs
     spec = BatchSpec.for_processor(proc, rows=kwargs.pop("rows", 4), max_length=kwargs.pop("max_length", 160),
-                                   image_capacity=kwargs.pop("image_capacity", None),
-                                   video_capacity=kwargs.pop("video_capacity", None))
+                                   images_per_row=kwargs.pop("images_per_row", 1),
+                                   videos_per_row=kwargs.pop("videos_per_row", 1))
     sources = kwargs.pop("sources", [AnnotationSource(data / "train.json", data)])
     transform = ExampleTransform(ckpt, max_length=spec.max_length, policy=kwargs.pop("policy", "skip"))
     return make_dataset(sources, transform, spec, **kwargs), proc
@@ -73,23 +73,20 @@ def test_mixed_batches_carry_the_right_pixels_to_the_right_slots(data, data_chec
     ds, proc = _dataset(data, data_checkpoint)
     cfg, seen = proc.config, []
     for batch in ds:
-        assert batch["input_ids"].shape == (4, 160) and batch["pixel_values_videos"].shape == (4, 8, 3, 28, 28)
+        assert batch["input_ids"].shape == (4, 160) and batch["pixel_values_videos"].shape == (4, 1, 8, 3, 28, 28)
         rows = _samples(batch, proc)
         seen += [n for row in rows for n in row]
-        order = {"image": [], "video": []}
-        for row in rows:
-            for n in row:
-                if KINDS[n % 3]:
-                    order[KINDS[n % 3]].append(n)
         for kind, per in (("image", cfg.image_seq_length), ("video", cfg.video_seq_length(8))):
             token = proc.image_token_id if kind == "image" else proc.video_token_id
-            assert (batch["input_ids"] == token).sum() == per * len(order[kind])
-            assert batch[f"{kind}_valid"].tolist() == [i < len(order[kind]) for i in range(4)]
-            for k, n in enumerate(order[kind]):
-                path = data / f"media/{n}.{'png' if kind == 'image' else 'mp4'}"
-                want = proc.preprocess_image(path) if kind == "image" else proc.preprocess_video(path)
-                np.testing.assert_array_equal(batch[f"pixel_values_{kind}s"][k], want)
-            assert not batch[f"pixel_values_{kind}s"][len(order[kind]):].any()
+            for r, row in enumerate(rows):  # row r's slots take row r's own media
+                media = [n for n in row if KINDS[n % 3] == kind]
+                assert (batch["input_ids"][r] == token).sum() == per * len(media)
+                assert batch[f"{kind}_valid"][r].tolist() == [bool(media)]
+                for k, n in enumerate(media):
+                    path = data / f"media/{n}.{'png' if kind == 'image' else 'mp4'}"
+                    want = proc.preprocess_image(path) if kind == "image" else proc.preprocess_video(path)
+                    np.testing.assert_array_equal(batch[f"pixel_values_{kind}s"][r, k], want)
+                assert not batch[f"pixel_values_{kind}s"][r, len(media):].any()
         assert (batch["labels"][batch["input_ids"] == proc.image_token_id] == IGNORE).all()
     assert sorted(seen) == list(range(N))
 
@@ -100,12 +97,14 @@ def test_packing_keeps_samples_apart(data, data_checkpoint):  # noqa: F811
     for batch in single:
         for row, n in zip(batch["attention_mask"], _samples(batch, proc)):
             lengths[n[0]] = int(row.sum()) if n else None
-    packed, _ = _dataset(data, data_checkpoint, rows=2, pack=True, max_length=200, image_capacity=2,
-                         video_capacity=2)
+    packed, _ = _dataset(data, data_checkpoint, rows=2, pack=True, max_length=200, images_per_row=2)
     seen, rows_used = [], 0
     for batch in packed:
-        assert batch["image_valid"].sum() <= 2 and batch["video_valid"].sum() <= 2
+        assert batch["pixel_values_images"].shape[:2] == batch["image_valid"].shape == (2, 2)
         for r, row in enumerate(_samples(batch, proc)):
+            for kind, per_row in (("image", 2), ("video", 1)):
+                media = [n for n in row if KINDS[n % 3] == kind]
+                assert len(media) <= per_row and batch[f"{kind}_valid"][r].sum() == len(media)
             seg, pos = batch["segment_ids"][r], batch["positions"][r]
             for s, n in enumerate(row, start=1):
                 where = np.flatnonzero(seg == s)
@@ -133,7 +132,7 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_saved_iterator_state_resumes_at_the_next_example(data, data_checkpoint, workers):  # noqa: F811
-    kwargs = dict(rows=2, pack=True, max_length=100, image_capacity=1, video_capacity=1, num_epochs=2,
+    kwargs = dict(rows=2, pack=True, max_length=100, num_epochs=2,
                   num_workers=workers)
     ds, _ = _dataset(data, data_checkpoint, **kwargs)
     it = iter(ds)

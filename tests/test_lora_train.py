@@ -70,7 +70,7 @@ def test_lora_trains_only_adapters_and_projector_and_keeps_the_base_bit_exact(tm
 
     # exported alone in PEFT's format, loaded back onto the base: the trained model's logits
     batch = next(SyntheticBatches(model_config, rows=2, length=48))
-    inputs = (batch["input_ids"], batch["attention_mask"], batch["pixel_values_images"])
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["pixel_values_images"][batch["image_valid"]])
     trained_logits = np.asarray(trained_model(config, result)(*inputs).logits)
     export_adapter(config, result, tmp_path / "adapter")
     base_model = vllava_jax.VideoLlava.random(model_config, dtype=policy_from_config(config), seed=config.seed)

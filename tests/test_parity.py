@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -68,6 +69,11 @@ def test_left_padded_batch_matches_unpadded_rows(tiny_checkpoints, rng, name):
     positions = np.maximum(mask.cumsum(-1) - 1, 0)
     ref = oracle.reference_logits(ref_model, ids, mask, images, videos, positions)
     assert_close(ours, ref, mask)
+    # the training batch's per-row media (data_pipelines/batching.py): row 0's video, row 1's image
+    per_row_images = np.zeros((len(rows), 2, *images.shape[1:]), np.float32)
+    per_row_videos = np.zeros((len(rows), 1, *videos.shape[1:]), np.float32)
+    per_row_images[1, 0], per_row_videos[0, 0] = images[0], videos[0]
+    assert_close(model.module(jnp.asarray(ids), jnp.asarray(mask), per_row_images, per_row_videos), ref, mask)
     if name == "dynamic_rope":
         return  # dynamic NTK scales by the longest row in the batch, so rows alone differ in transformers too
     for i, row in enumerate(rows):

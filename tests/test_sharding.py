@@ -163,3 +163,18 @@ def test_replicated_bytes_check_refuses_a_mesh_that_cannot_split_a_weight():
     with pytest.warns(ReplicatedDimensionWarning, match=r"kernel \(12, 10\): dimension 1 \('mlp', size 10\) "
                                                         r"does not divide mesh axis tensor of size 8"):
         state_shardings(state, abstract_mesh(1, 1, 8))
+
+
+def test_media_buffers_split_over_every_batch_axis_with_their_rows():
+    """The trainer's per-row image/video buffers go where their rows go (data x fsdp), not replicated
+    over fsdp when data = 1 (0.65 GiB per chip at 7B stage 2)."""
+    from jax.sharding import AbstractMesh, PartitionSpec as P
+
+    from vllava_jax.train.loop import batch_shardings
+
+    mesh = AbstractMesh((1, 4, 2), ("data", "fsdp", "tensor"))
+    shapes = {"input_ids": (1, 8, 64), "pixel_values_images": (1, 8, 1, 3, 28, 28),
+              "pixel_values_videos": (1, 8, 1, 8, 3, 28, 28)}
+    specs = {k: s.spec for k, s in batch_shardings(shapes, mesh).items()}
+    assert specs["input_ids"] == P(None, ("data", "fsdp"), None)
+    assert specs["pixel_values_images"][:2] == specs["pixel_values_videos"][:2] == (None, ("data", "fsdp"))

@@ -33,8 +33,7 @@ KINDS = ("image", "video")
 def _project(graphdef, state, pixels, kind: str):
     """(N, ...) pixels -> (N, tokens, embed) projected features, one tower call for the batch."""
     model = nnx.merge(graphdef, state)
-    features = model.video_features(pixels) if kind == "video" else model.image_features(pixels)
-    return features.reshape(pixels.shape[0], -1, features.shape[-1])
+    return model.video_features(pixels) if kind == "video" else model.image_features(pixels)
 
 
 def file_digest(path: str) -> str:

@@ -33,7 +33,6 @@ MAX_REPLICATED_FRACTION = 0.02
 # logical axis -> mesh axis (or axes, or None = replicated)
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
-    ("pixel_batch", "data"),  # image/video buffers: fewer entries than rows, split between hosts
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),

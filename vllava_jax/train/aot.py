@@ -196,7 +196,7 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
     stage = partition.preset_name(config.trainable)
     print(f"train step: {stage} (trains {list(config.trainable)}), global batch {global_batch} = {accum} x {rows} rows x "
           f"{config.max_length} "
-          f"tokens (one image and one {model_config.video_tower_config.num_frames}-frame video buffer entry per row), "
+          f"tokens (one image and one {model_config.video_tower_config.num_frames}-frame video entry per row), "
           f"remat={config.remat}, params {config.get('param_dtype', 'float32')} / compute "
           f"{config.get('compute_dtype', 'bfloat16')}")
     print(f"  mesh data={choice.data} fsdp={choice.fsdp} tensor={choice.tensor} ({choice.note})")
@@ -220,9 +220,13 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
         problems.append(f"{'an' if kind[0] == 'a' else 'a'} {kind} of {largest / 2 ** 20:.1f} MiB, more than one decoder layer's parameters in float32 "
                         f"({layer_bytes / 2 ** 20:.1f} MiB): a whole stacked weight, gradient or batch-wide buffer "
                         "moved at once")
+    video_tokens = model_config.video_seq_length(model_config.video_tower_config.num_frames)
+    for found in program.collectives_holding(rows * video_tokens * text.hidden_size)[:3]:
+        problems.append(f"a collective holding a whole microbatch's video features ({rows} rows x {video_tokens} "
+                        f"tokens x {text.hidden_size}): rows' media do not stay on their rows' chips: {found}")
     for found in program.float_arrays_ending_in({config.max_length})[:3]:
         problems.append(f"(L x L) float array, L = max_length {config.max_length}: {found}")
-    print_checks(problems)
+    print_checks(problems, TRAIN_CHECKS)
 
     estimate = roofline.estimate(cost, chip)
     chips = len(devices)
@@ -276,9 +280,12 @@ def generation_report(args, model_config, devices, tensor: int, budget) -> Verdi
     return Verdict("generation", total, problems)
 
 
-def print_checks(problems: list[str]) -> None:
-    print("checks (no decoder parameter or moment left whole on every chip of an fsdp x tensor group; no collective "
-          "larger than one decoder layer; no (L x L) float array):")
+TRAIN_CHECKS = ("no decoder parameter or moment left whole on every chip of an fsdp x tensor group; no collective "
+                "larger than one decoder layer or holding a microbatch's video features; no (L x L) float array")
+
+
+def print_checks(problems: list[str], checked: str = "no (L x L) float array") -> None:
+    print(f"checks ({checked}):")
     print("\n".join(f"  FAILED: {p}" for p in problems) if problems else "  passed")
 
 

@@ -30,7 +30,9 @@ def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig)
     `data.kind`: "annotations" reads `data.annotations` (LLaVA-format JSON/JSONL files, media under
     the matching `data.media_roots`) and `data.tfds_dirs` (ArrayRecord datasets written by
     `python -m data_pipelines.build_tfds`), all mixed by `data.weights` (annotation files first),
-    tokenized with the checkpoint's tokenizer (`data.tokenizer`, default `init_checkpoint`);
+    tokenized with the checkpoint's tokenizer (`data.tokenizer`, default `init_checkpoint`), with room
+    for `data.images_per_row` images and `data.videos_per_row` videos per row (more only pays off
+    with `data.pack`: the towers run on every entry);
     "synthetic" makes random batches.
     """
     data = config.data
@@ -64,7 +66,8 @@ def make_data(config: ml_collections.ConfigDict, model_config: VideoLlavaConfig)
     if data.weights and len(data.weights) != len(sources):
         raise ConfigError(f"data.weights has {len(data.weights)} entries for {len(sources)} sources "
                           "(data.annotations, then data.tfds_dirs)")
-    spec = BatchSpec.for_processor(Processor.from_pretrained(tokenizer_dir), config.batch_size, config.max_length)
+    spec = BatchSpec.for_processor(Processor.from_pretrained(tokenizer_dir), config.batch_size, config.max_length,
+                                   data.images_per_row, data.videos_per_row)
     transform = ExampleTransform(tokenizer_dir, template=data.template, max_length=config.max_length)
     dataset = make_dataset(sources, transform, spec, weights=list(data.weights) or None, seed=config.seed,
                            num_epochs=None, pack=data.pack, num_workers=data.num_workers)

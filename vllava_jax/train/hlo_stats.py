@@ -168,11 +168,22 @@ class Program:
 
     def float_arrays_ending_in(self, sizes: set[int]) -> list[str]:
         """Instructions whose result holds a float array with two trailing dims (n, n), n in `sizes`."""
+        return self._arrays_where(lambda ins, computation, dtype, dims: dtype in FLOAT_TYPES and len(dims) >= 2
+                                  and dims[-1] == dims[-2] and dims[-1] in sizes)
+
+    def collectives_holding(self, elements: int) -> list[str]:
+        """Collectives whose buffer holds an array of at least `elements` elements, whatever its dtype."""
+        return self._arrays_where(lambda ins, computation, dtype, dims: _collective_kind(ins, computation) is not None
+                                  and math.prod(dims) >= elements)
+
+    def _arrays_where(self, wanted) -> list[str]:
+        """'dtype[dims] opcode in computation (op_name)' for each array of an instruction's result
+        that `wanted(instruction, computation, dtype, dims)` picks."""
         found = []
         for computation, instructions in self.computations.items():
             for ins in instructions:
                 for dtype, dims in arrays(ins.shape):
-                    if dtype in FLOAT_TYPES and len(dims) >= 2 and dims[-1] == dims[-2] and dims[-1] in sizes:
+                    if wanted(ins, computation, dtype, dims):
                         op = re.search(r'op_name="([^"]*)"', ins.attributes)
                         found.append(f"{dtype}[{','.join(map(str, dims))}] {ins.opcode} in {computation}"
                                      + (f" ({op.group(1)})" if op else ""))

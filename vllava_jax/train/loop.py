@@ -91,12 +91,11 @@ def global_shapes(batch: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 
 def batch_shardings(shapes: dict[str, tuple[int, ...]], mesh) -> dict[str, NamedSharding]:
-    """Rows over (data, fsdp), pixel buffers over data (hosts)."""
-    def one(key, shape):
-        names = (None, "pixel_batch" if key.startswith("pixel_values") else "batch") + (None,) * (len(shape) - 2)
-        return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+    """Rows over (data, fsdp), media buffers too: they are per row (`data_pipelines/batching.py`)."""
+    def one(shape):
+        return NamedSharding(mesh, logical_to_spec((None, "batch") + (None,) * (len(shape) - 2), shape, mesh))
 
-    return {k: one(k, v) for k, v in shapes.items()}
+    return {k: one(v) for k, v in shapes.items()}
 
 
 def _stack(iterator: DataIterator, accum: int, skipped: list[np.ndarray]) -> dict[str, np.ndarray]:

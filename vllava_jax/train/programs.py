@@ -65,15 +65,15 @@ def abstract_train_state(config: ml_collections.ConfigDict, model_config: VideoL
 def abstract_batch(model_config: VideoLlavaConfig, mesh: Mesh, accum: int, rows: int, length: int) -> dict:
     """The data pipeline's batch (`data_pipelines/batching.py`), stacked for accumulation.
 
-    (accum, rows, length) token arrays and, as `BatchSpec.for_processor` sizes them, one image
-    and one 8-frame video buffer entry per row: the towers run on the whole buffer every step.
+    (accum, rows, length) token arrays and, as `BatchSpec.for_processor` sizes them by default, one
+    image and one 8-frame video entry per row: the towers run on every entry every step.
     """
     size = model_config.vision_config.image_size
     frames = model_config.video_tower_config.num_frames
     tokens = (accum, rows, length)
     shapes = {"input_ids": tokens, "labels": tokens, "attention_mask": tokens, "positions": tokens,
-              "segment_ids": tokens, "pixel_values_images": (accum, rows, 3, size, size),
-              "pixel_values_videos": (accum, rows, frames, 3, size, size)}
+              "segment_ids": tokens, "pixel_values_images": (accum, rows, 1, 3, size, size),
+              "pixel_values_videos": (accum, rows, 1, frames, 3, size, size)}
     shardings = batch_shardings(shapes, mesh)
     return {k: jax.ShapeDtypeStruct(v, jnp.float32 if k.startswith("pixel") else jnp.int32, sharding=shardings[k])
             for k, v in shapes.items()}

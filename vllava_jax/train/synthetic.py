@@ -24,20 +24,22 @@ class SyntheticBatches:
         per_image = cfg.image_seq_length
         ids = rng.integers(3, cfg.text_config.vocab_size - 4, (self.rows, self.length)).astype(np.int32)
         ids[:, 0] = 1
-        ids[::2, 2: 2 + per_image] = cfg.image_token_index  # every other row carries an image
+        carried = np.arange(self.rows) % 2 == 0  # every other row carries an image
+        ids[carried, 2: 2 + per_image] = cfg.image_token_index
         labels = np.where(np.arange(self.length) >= 2 + per_image + 4, ids, -100).astype(np.int32)
-        images = rng.standard_normal((self.rows // 2, 3, size, size)).astype(np.float32)
+        images = np.zeros((self.rows, 1, 3, size, size), np.float32)
+        images[carried, 0] = rng.standard_normal((carried.sum(), 3, size, size))
         self.index += 1
         shard, count = self.process
         rows = slice(shard * self.rows // count, (shard + 1) * self.rows // count)
-        buffer = slice(rows.start // 2, rows.stop // 2)
         return {
             "input_ids": ids[rows],
             "labels": labels[rows],
             "attention_mask": np.ones_like(ids[rows]),
             "positions": np.broadcast_to(np.arange(self.length, dtype=np.int32), ids[rows].shape).copy(),
             "segment_ids": np.ones_like(ids[rows]),
-            "pixel_values_images": images[buffer],
+            "pixel_values_images": images[rows],
+            "image_valid": carried[rows, None],
         }
 
     def get_state(self) -> dict:

@@ -29,7 +29,7 @@ def model_config() -> dict:
         vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                            image_size=32, patch_size=8),
         text_config=dict(model_type="llama", vocab_size=SP_VOCAB_SIZE + 4, hidden_size=128, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=8,
                          max_position_embeddings=512, pad_token_id=SP_VOCAB_SIZE + 2),
     )
 

@@ -37,38 +37,24 @@ def main() -> None:
 
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
-    from configs import video_llava_7b, video_llava_7b_lora
-    from vllava_jax.config import DTypePolicy, VideoLlavaConfig
-    from vllava_jax.modeling.video_llava import VideoLlavaModel
-    from vllava_jax.sharding import make_mesh, state_shardings
-    from vllava_jax.train import adapters, partition
+    from configs import video_llava_7b_lora
+    from vllava_jax.sharding import make_mesh
+    from vllava_jax.train import partition
+    from vllava_jax.train.build import build_model_config
     from vllava_jax.train.loop import batch_shardings
-    from vllava_jax.train.optimizer import make_optimizer
-    from vllava_jax.train.state import abstract_train_state, jit_train_step
+    from vllava_jax.train.programs import abstract_train_state
+    from vllava_jax.train.state import jit_train_step
 
-    config = VideoLlavaConfig.from_hf_dict(video_llava_7b.get_config().model.to_dict())
-    train_config = video_llava_7b_lora.get_config()
+    train_config = video_llava_7b_lora.get_config()  # the 7B architecture in `model`
     if args.stage != "lora":  # the LoRA config's own list: adapters and the projector
         train_config.trainable = partition.preset(args.stage)
-    policy = DTypePolicy(jnp.bfloat16 if args.stage == "lora" else jnp.float32, jnp.bfloat16, "default")
+        train_config.param_dtype = "float32"  # master weights
+    train_config.remat = args.remat
     mesh = make_mesh(args.data, args.fsdp, args.tensor)
-
-    def build():
-        module = VideoLlavaModel(config, policy, nnx.Rngs(0), args.remat)
-        if args.stage == "lora":
-            adapters.add_adapters(module, train_config, policy)
-        return module
-
-    abstract = nnx.eval_shape(build)
-    graphdef, trainable, frozen = partition.split_trainable(abstract, partition.trainable_patterns(train_config))
-
-    frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), frozen,
-                          state_shardings(frozen, mesh))
-    optimizer, _ = make_optimizer(train_config.learning_rate, 1000,
-                                  group_lrs=adapters.group_learning_rates(train_config))
-    state = abstract_train_state(trainable, optimizer, mesh)
+    config = build_model_config(train_config)
+    train = abstract_train_state(train_config, config, mesh)
+    state, frozen, trainable = train.state, train.frozen, train.state.params
     frames, size = 8, config.video_tower_config.image_size
     lead = (args.accum, args.rows)
     shapes = {"input_ids": (*lead, args.seq), "labels": (*lead, args.seq), "attention_mask": (*lead, args.seq),
@@ -78,7 +64,7 @@ def main() -> None:
     batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32), sharding=shardings[k]) for k, v in shapes.items()}
 
     start = time.perf_counter()
-    step = jit_train_step(graphdef, optimizer, state, frozen, shardings)
+    step = jit_train_step(train.graphdef, train.optimizer, state, frozen, shardings)
     with jax.set_mesh(mesh):
         compiled = step.lower(state, frozen, batch).compile()
     seconds = time.perf_counter() - start

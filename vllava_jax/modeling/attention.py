@@ -303,7 +303,9 @@ def _block_attention_backward(block, residuals, d_out):
     length = q.shape[2]
     # d(softmax) row term: sum_s p * dp = sum_h d_out * out
     delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
-    # padded to whole tiles: padded queries (segment 0) see no key, padded keys (-1) are seen by none
+    # tiles of at most `block`, as even as the length allows, so padding adds less than one row
+    # per tile; padded queries (segment 0) see no key, padded keys (-1) are seen by none
+    block = -(-length // -(-length // block))
     q, k, v, d_out, log_sum_exp, delta, segment_ids = _pad_length_axis2(
         block, q, k, v, d_out, log_sum_exp, delta, segment_ids)
     key_ids = jnp.pad(key_ids, [(0, 0), (0, segment_ids.shape[1] - key_ids.shape[1])], constant_values=-1)

@@ -9,7 +9,7 @@ adapters with the same leading `layers` axis.
 
 Dropout on the adapter's input runs only inside `dropout_at(step)` (the train step); each
 adapter and layer draws its own mask from a fixed per-(module, layer) salt folded with the step,
-hashed where it is applied (`fused_random.bernoulli`), so no mask is ever stored.
+hashed where it is applied (`fused_random.bernoulli`): no random words are stored.
 """
 
 from __future__ import annotations

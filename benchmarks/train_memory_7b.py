@@ -1,7 +1,7 @@
 """Per-device memory of the real 7B stage-2 train step, compiled ahead of time on abstract inputs.
 
     python -m benchmarks.train_memory_7b [--devices 8] [--fsdp 8] [--rows 8] [--seq 2048] [--remat dots]
-    python -m benchmarks.train_memory_7b --stage lora --devices 1 --fsdp 1 --seq 3072 --remat full
+    python -m benchmarks.train_memory_7b --stage lora --devices 1 --fsdp 1 --seq 3072 --remat full --like_accelerator
 
 No weight is materialized: the model, optimizer state and batch are `jax.ShapeDtypeStruct`s carrying
 their shardings over a simulated CPU mesh; XLA compiles the step and reports the buffers one device
@@ -9,6 +9,13 @@ needs (arguments, outputs, temporaries). That is the number to pick a TPU/GPU sl
 compilation stands in for the accelerator's: layouts and fusion differ somewhat, so leave headroom.
 `--stage lora` takes `configs/video_llava_7b_lora.py`'s settings: bfloat16 frozen base, float32
 adapters (rank 128 on q/k/v/o/gate/up/down) and projector, dropout, the projector's own rate.
+
+`--like_accelerator` turns off two things only XLA's CPU backend does (benchmarks/BENCHMARKS.md,
+"7B LoRA step memory"): hoisting float32 copies of every layer's bfloat16 weights out of the
+layer loop (a CPU multiplies bfloat16 through float32), and the concurrency-optimized scheduler,
+which starts independent work early to keep many cores busy and holds its buffers meanwhile
+(GPU and TPU compilers schedule within the device's memory). `--layers N` compiles the decoder
+with N layers instead of 32: a quick fixed part + per-layer slope.
 """
 
 from __future__ import annotations
@@ -31,44 +38,39 @@ def main() -> None:
     parser.add_argument("--stage", default="stage2", choices=["stage1", "stage2", "lora"], help="which groups train")
     parser.add_argument("--remat", default="dots", choices=["none", "dots", "full"],
                         help="what rematerialized layers keep (vllava_jax.modeling.layers.REMAT_POLICIES)")
+    parser.add_argument("--like_accelerator", action="store_true",
+                        help="no CPU-only loop-invariant weight copies, memory-minimizing schedule (see above)")
+    parser.add_argument("--layers", type=int, default=0, help="decoder layers (0: the 7B's 32)")
     args = parser.parse_args()
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
+    flags = f"--xla_force_host_platform_device_count={args.devices}"
+    if args.like_accelerator:
+        flags += (" --xla_disable_hlo_passes=while-loop-invariant-code-motion"
+                  " --xla_cpu_enable_concurrency_optimized_scheduler=false")
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
-    from configs import video_llava_7b, video_llava_7b_lora
-    from vllava_jax.config import DTypePolicy, VideoLlavaConfig
-    from vllava_jax.modeling.video_llava import VideoLlavaModel
-    from vllava_jax.sharding import make_mesh, state_shardings
-    from vllava_jax.train import adapters, partition
+    from configs import video_llava_7b_lora
+    from vllava_jax.sharding import make_mesh
+    from vllava_jax.train import partition
+    from vllava_jax.train.build import build_model_config
     from vllava_jax.train.loop import batch_shardings
-    from vllava_jax.train.optimizer import make_optimizer
-    from vllava_jax.train.state import abstract_train_state, jit_train_step
+    from vllava_jax.train.programs import abstract_train_state
+    from vllava_jax.train.state import jit_train_step
 
-    config = VideoLlavaConfig.from_hf_dict(video_llava_7b.get_config().model.to_dict())
-    train_config = video_llava_7b_lora.get_config()
+    train_config = video_llava_7b_lora.get_config()  # the 7B architecture in `model`
     if args.stage != "lora":  # the LoRA config's own list: adapters and the projector
         train_config.trainable = partition.preset(args.stage)
-    policy = DTypePolicy(jnp.bfloat16 if args.stage == "lora" else jnp.float32, jnp.bfloat16, "default")
+        train_config.param_dtype = "float32"  # master weights
+    train_config.remat = args.remat
+    if args.layers:
+        train_config.model.text_config["num_hidden_layers"] = args.layers
     mesh = make_mesh(args.data, args.fsdp, args.tensor)
-
-    def build():
-        module = VideoLlavaModel(config, policy, nnx.Rngs(0), args.remat)
-        if args.stage == "lora":
-            adapters.add_adapters(module, train_config, policy)
-        return module
-
-    abstract = nnx.eval_shape(build)
-    graphdef, trainable, frozen = partition.split_trainable(abstract, partition.trainable_patterns(train_config))
-
-    frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), frozen,
-                          state_shardings(frozen, mesh))
-    optimizer, _ = make_optimizer(train_config.learning_rate, 1000,
-                                  group_lrs=adapters.group_learning_rates(train_config))
-    state = abstract_train_state(trainable, optimizer, mesh)
+    config = build_model_config(train_config)
+    train = abstract_train_state(train_config, config, mesh)
+    state, frozen, trainable = train.state, train.frozen, train.state.params
     frames, size = 8, config.video_tower_config.image_size
     lead = (args.accum, args.rows)
     shapes = {"input_ids": (*lead, args.seq), "labels": (*lead, args.seq), "attention_mask": (*lead, args.seq),
@@ -78,7 +80,7 @@ def main() -> None:
     batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.int32), sharding=shardings[k]) for k, v in shapes.items()}
 
     start = time.perf_counter()
-    step = jit_train_step(graphdef, optimizer, state, frozen, shardings)
+    step = jit_train_step(train.graphdef, train.optimizer, state, frozen, shardings)
     with jax.set_mesh(mesh):
         compiled = step.lower(state, frozen, batch).compile()
     seconds = time.perf_counter() - start
@@ -87,9 +89,11 @@ def main() -> None:
     params = sum(x.size for x in jax.tree.leaves(trainable)) + sum(x.size for x in jax.tree.leaves(frozen))
     trained = sum(x.size for x in jax.tree.leaves(trainable))
     masters = "bfloat16 frozen base, float32 trained" if args.stage == "lora" else "float32 master"
-    print(f"7B {args.stage}, {params / 1e9:.2f}B params ({trained / 1e6:.0f}M trained; {masters}, bfloat16 "
+    layers = f" ({args.layers} decoder layers)" if args.layers else ""
+    cpu = "CPU, as an accelerator schedules" if args.like_accelerator else "CPU"
+    print(f"7B{layers} {args.stage}, {params / 1e9:.2f}B params ({trained / 1e6:.0f}M trained; {masters}, bfloat16 "
           f"compute), mesh data={args.data} fsdp={args.fsdp} tensor={args.tensor}, {args.accum} x {args.rows} rows "
-          f"x {args.seq} tokens + one 8-frame video per row, remat={args.remat}; compiled in {seconds:.0f}s on CPU")
+          f"x {args.seq} tokens + one 8-frame video per row, remat={args.remat}; compiled in {seconds:.0f}s on {cpu}")
     print("| per device | GiB |")
     print("| --- | --- |")
     rows = [("arguments (params, optimizer state, batch)", memory.argument_size_in_bytes),

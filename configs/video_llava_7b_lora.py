@@ -7,7 +7,7 @@ ratio 0.03, cosine, no weight decay, bf16, gradient checkpointing; its `train.py
 The base stays frozen in bfloat16 (14 GB for 7B); adapters (and the projector) train in float32.
 Rows are 3,072 tokens (the original's `tokenizer_model_max_length`): one 8-frame video alone is
 2,056. Here one device takes 2 rows x 64 accumulation steps = 128 (small microbatches keep a 7B
-step near 30 GiB, README "LoRA fine-tuning"); on N devices divide `accum_steps` by N.
+step near 25 GiB, README "LoRA fine-tuning"); on N devices divide `accum_steps` by N.
 `init_checkpoint` is stage 1's exported result.
 """
 

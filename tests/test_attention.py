@@ -19,7 +19,7 @@ import vllava_jax
 from configs import train_tiny
 from vllava_jax.errors import ConfigError
 from vllava_jax.modeling import attention
-from vllava_jax.train.loop import build_model_config
+from vllava_jax.train.build import build_model_config
 
 HEADS, HEAD_DIM = 4, 16
 

@@ -13,7 +13,8 @@ from tests.cli_run import ROOT, assert_user_error, in_process, subprocess_cli
 from tests.test_generate_cli import checkpoint  # noqa: F401  (a fixture, shared rather than copied)
 from tests.test_train import tiny
 from vllava_jax.train import export
-from vllava_jax.train.loop import build_model_config, train
+from vllava_jax.train.build import build_model_config
+from vllava_jax.train.loop import train
 from vllava_jax.train.partition import preset
 from vllava_jax.train.synthetic import SyntheticBatches
 

@@ -59,7 +59,7 @@ def test_unknown_model_type_names_file_and_type(tmp_path):
 def test_training_configs_describe_their_stage(name):
     import importlib
 
-    from vllava_jax.train.loop import build_model_config
+    from vllava_jax.train.build import build_model_config
     from vllava_jax.train.run_config import check_config
 
     config = importlib.import_module(f"configs.{name}").get_config()

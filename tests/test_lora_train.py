@@ -16,7 +16,8 @@ from vllava_jax.errors import ConfigError
 from vllava_jax.modeling import lora
 from vllava_jax.train.export import export_adapter, trained_model
 from vllava_jax.train import adapters, partition
-from vllava_jax.train.loop import build_model, build_model_config, policy_from_config, train
+from vllava_jax.train.build import build_model, build_model_config, policy_from_config
+from vllava_jax.train.loop import train
 from vllava_jax.train.synthetic import SyntheticBatches
 
 

@@ -13,7 +13,7 @@ from flax import nnx
 import vllava_jax
 from configs import train_tiny
 from vllava_jax.train import partition
-from vllava_jax.train.loop import build_model_config
+from vllava_jax.train.build import build_model_config
 from vllava_jax.train.step import IGNORE, answer_loss, labelled_head_rows
 from vllava_jax.train.synthetic import SyntheticBatches
 

@@ -19,7 +19,8 @@ from tensorboardX.proto import event_pb2
 import vllava_jax
 from configs import train_tiny
 from vllava_jax.train import partition
-from vllava_jax.train.loop import TrainingDiverged, build_model_config, train
+from vllava_jax.train.build import build_model_config
+from vllava_jax.train.loop import TrainingDiverged, train
 from vllava_jax.train.synthetic import SyntheticBatches
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -78,7 +79,8 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})
     from tests.test_train import tiny
-    from vllava_jax.train.loop import build_model_config, train
+    from vllava_jax.train.build import build_model_config
+    from vllava_jax.train.loop import train
     from vllava_jax.train.synthetic import SyntheticBatches
 
     class KillAfter(SyntheticBatches):

@@ -22,7 +22,8 @@ WORKER = textwrap.dedent("""
     if {processes} > 1:
         jax.distributed.initialize("127.0.0.1:{port}", num_processes={processes}, process_id={rank})
     from tests.test_train import tiny
-    from vllava_jax.train.loop import build_model_config, train
+    from vllava_jax.train.build import build_model_config
+    from vllava_jax.train.loop import train
     from vllava_jax.train.synthetic import SyntheticBatches
 
     config = tiny(total_steps=3, mesh=dict(data=2, fsdp=4, tensor=1, num_devices=0))

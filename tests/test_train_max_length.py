@@ -7,7 +7,7 @@ import pytest
 from configs import video_llava_7b_stage1, video_llava_7b_stage2
 from vllava_jax.errors import ConfigError
 from vllava_jax.train.data import check_max_length, make_data
-from vllava_jax.train.loop import build_model_config
+from vllava_jax.train.build import build_model_config
 
 
 @pytest.mark.parametrize("recipe", [video_llava_7b_stage1, video_llava_7b_stage2])

@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent("""
     from flax import nnx
     from jax.sharding import PartitionSpec as P
     from tests.test_train import tiny
-    from vllava_jax.train.loop import build_model_config, train
+    from vllava_jax.train.build import build_model_config
+    from vllava_jax.train.loop import train
     from vllava_jax.train.synthetic import SyntheticBatches
 
     losses = {{}}

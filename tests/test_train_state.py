@@ -12,7 +12,7 @@ import vllava_jax
 from configs import train_tiny
 from vllava_jax.sharding import make_mesh
 from vllava_jax.train import partition
-from vllava_jax.train.loop import build_model_config
+from vllava_jax.train.build import build_model_config
 from vllava_jax.train.optimizer import make_optimizer
 from vllava_jax.train.state import create_train_state, jit_train_step, place_on_mesh
 from vllava_jax.train.synthetic import SyntheticBatches

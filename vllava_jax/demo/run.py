@@ -51,7 +51,8 @@ def train_stage(stage: str, init: epath.Path, annotations: list[epath.Path], med
     exported checkpoint and losses."""
     from vllava_jax.train.data import make_data
     from vllava_jax.train.export import export_run
-    from vllava_jax.train.loop import build_model_config, train
+    from vllava_jax.train.build import build_model_config
+    from vllava_jax.train.loop import train
 
     config = shapes_tiny.get_config(stage)
     config.init_checkpoint = str(init)

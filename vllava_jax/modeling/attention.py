@@ -63,6 +63,7 @@ from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
 from jax.experimental.pallas.ops.tpu import flash_attention as pallas_tpu
 
@@ -253,9 +254,18 @@ def _scale(head_dim: int) -> jax.Array:
 
 
 def _scores(q: jax.Array, k: jax.Array, visible: jax.Array) -> jax.Array:
-    """Scaled float32 logits (batch, heads, queries, keys), masked where not visible."""
+    """Scaled float32 logits (batch, heads, queries, keys), `_MASKED` where not `visible` (batch, 1, queries, keys).
+
+    `lax.select` on explicit broadcasts, not `jnp.where`: that is a jitted helper, and inside the
+    rematerialized decoder layer JAX saved its broadcasts of the mask and of `_MASKED` (known
+    before the layer runs) for the backward and hoisted them out of the layer loop, one pair of
+    (batch, heads, queries, keys) arrays per block (5 GiB at 8 x 3,072 tokens); these broadcasts
+    are recomputed where they are used.
+    """
     logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
-    return jnp.where(visible, logits * _scale(q.shape[-1]), _MASKED)
+    shape = logits.shape
+    visible = jax.lax.broadcast_in_dim(visible, shape, (0, 1, 2, 3))
+    return jax.lax.select(visible, logits * _scale(q.shape[-1]), jax.lax.full(shape, _MASKED, jnp.float32))
 
 
 def _blocks(length: int, block: int):
@@ -284,22 +294,64 @@ def _block_attention_forward(q, k, v, segment_ids, key_ids, block):
 
 
 def _block_attention_backward(block, residuals, d_out):
+    """Flash attention's backward as a loop over the (query block, key block) tiles under the
+    diagonal: each tile's probabilities are recomputed from the saved log-sum-exp and gone before
+    the next tile's. Unrolled over query blocks instead, XLA computed every block's probabilities
+    first and held them all (one (queries x keys) float32 array per block: 4.9 GiB per layer of the
+    7B LoRA step at 8 x 3,072 tokens), and took the backward's scores for the rematerialized
+    forward's, which it then kept alive too."""
     q, k, v, segment_ids, key_ids, out, log_sum_exp = residuals
     f32 = jnp.float32
+    length = q.shape[2]
     # d(softmax) row term: sum_s p * dp = sum_h d_out * out
     delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
-    dq, dk, dv = [], jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32)
-    for queries, keys in _blocks(q.shape[2], block):
-        q_block, d_block = q[:, :, queries], d_out[:, :, queries]
-        scores = _scores(q_block, k[:, :, keys], _segment_mask(segment_ids, key_ids, queries, keys))
-        probs = jnp.exp(scores - log_sum_exp[:, :, queries])
-        dv = dv.at[:, :, keys].add(jnp.einsum("bnts,bnth->bnsh", probs.astype(v.dtype), d_block,
-                                              preferred_element_type=f32))
-        d_probs = jnp.einsum("bnth,bnsh->bnts", d_block, v[:, :, keys], preferred_element_type=f32)
-        d_logits = probs * (d_probs - delta[:, :, queries]) * _scale(q.shape[-1])
-        dq.append(jnp.einsum("bnts,bnsh->bnth", d_logits, k[:, :, keys], preferred_element_type=f32))
-        dk = dk.at[:, :, keys].add(jnp.einsum("bnts,bnth->bnsh", d_logits, q_block, preferred_element_type=f32))
-    return jnp.concatenate(dq, axis=2).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+    # tiles of at most `block`, as even as the length allows, so padding adds less than one row
+    # per tile; padded queries (segment 0) see no key, padded keys (-1) are seen by none
+    block = -(-length // -(-length // block))
+    q, k, v, d_out, log_sum_exp, delta, segment_ids = _pad_length_axis2(
+        block, q, k, v, d_out, log_sum_exp, delta, segment_ids)
+    key_ids = jnp.pad(key_ids, [(0, 0), (0, segment_ids.shape[1] - key_ids.shape[1])], constant_values=-1)
+    tiles = np.array([(start, key) for start in range(0, length, block) for key in range(0, start + 1, block)],
+                     np.int32)
+    offsets = jnp.arange(block, dtype=jnp.int32)
+
+    def tile(grads, starts):
+        dq, dk, dv = grads
+        queries, keys = starts[0], starts[1]
+
+        def rows(x, start):  # x's block at `start` along the length axis (2; 1 for segment ids)
+            return jax.lax.dynamic_slice_in_dim(x, start, block, axis=2 if x.ndim == 4 else 1)
+
+        visible = ((rows(segment_ids, queries)[:, :, None] == rows(key_ids, keys)[:, None, :])
+                   & ((queries + offsets)[:, None] >= (keys + offsets)[None, :]))[:, None]
+        q_tile, d_tile, k_tile, v_tile = rows(q, queries), rows(d_out, queries), rows(k, keys), rows(v, keys)
+        probs = jnp.exp(_scores(q_tile, k_tile, visible) - rows(log_sum_exp, queries))
+        dv_tile = jnp.einsum("bnts,bnth->bnsh", probs.astype(v.dtype), d_tile, preferred_element_type=f32)
+        d_probs = jnp.einsum("bnth,bnsh->bnts", d_tile, v_tile, preferred_element_type=f32)
+        d_logits = probs * (d_probs - rows(delta, queries)) * _scale(q.shape[-1])
+        dq_tile = jnp.einsum("bnts,bnsh->bnth", d_logits, k_tile, preferred_element_type=f32)
+        dk_tile = jnp.einsum("bnts,bnth->bnsh", d_logits, q_tile, preferred_element_type=f32)
+
+        def add(total, part, start):
+            return jax.lax.dynamic_update_slice_in_dim(total, rows(total, start) + part, start, axis=2)
+
+        return (add(dq, dq_tile, queries), add(dk, dk_tile, keys), add(dv, dv_tile, keys)), None
+
+    zeros = jnp.zeros(q.shape, f32), jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32)
+    (dq, dk, dv), _ = jax.lax.scan(tile, zeros, jnp.asarray(tiles))
+    return (dq[:, :, :length].astype(q.dtype), dk[:, :, :length].astype(k.dtype), dv[:, :, :length].astype(v.dtype),
+            None, None)
+
+
+def _pad_length_axis2(multiple: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """Heads-major arrays (and 2-D segment ids) zero-padded along the length axis to a multiple of `multiple`."""
+    def pad(x):
+        axis = 2 if x.ndim == 4 else 1
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, -x.shape[axis] % multiple)
+        return jnp.pad(x, widths)
+
+    return tuple(pad(x) for x in arrays)
 
 
 _block_attention.defvjp(_block_attention_forward, _block_attention_backward)

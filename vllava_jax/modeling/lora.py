@@ -8,7 +8,8 @@ init of `lora_A`, B zero, so a fresh adapter changes nothing. Stacked (scanned) 
 adapters with the same leading `layers` axis.
 
 Dropout on the adapter's input runs only inside `dropout_at(step)` (the train step); each
-adapter and layer draws its own mask from a fixed per-(module, layer) salt folded with the step.
+adapter and layer draws its own mask from a fixed per-(module, layer) salt folded with the step,
+hashed where it is applied (`fused_random.bernoulli`): no random words are stored.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from flax import nnx
 
 from vllava_jax.config import DTypePolicy
 from vllava_jax.errors import ConfigError
+from vllava_jax.modeling import fused_random
 from vllava_jax.modeling.layers import Dense, matmul_2d
 
 if TYPE_CHECKING:  # only read here: the model imports where ml_collections is not installed
@@ -123,7 +125,7 @@ class LoraAdapter(nnx.Module):
         step = _DROPOUT_STEP.get()
         rate = self.config.dropout
         if rate > 0 and step is not None:
-            keep = jax.random.bernoulli(jax.random.fold_in(jax.random.key(self.salt[...]), step), 1 - rate, x.shape)
+            keep = fused_random.bernoulli(jax.random.fold_in(jax.random.key(self.salt[...]), step), 1 - rate, x.shape)
             x = jnp.where(keep, x / (1 - rate), 0).astype(x.dtype)
         h = matmul_2d(x.astype(dtype), self.a[...].astype(dtype), self.in_ndim)
         return matmul_2d(h, self.b[...].astype(dtype)) * jnp.asarray(self.config.scaling, dtype)

@@ -51,7 +51,8 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from vllava_jax.train import partition
     from vllava_jax.train.data import make_data
-    from vllava_jax.train.loop import build_model_config, train
+    from vllava_jax.train.build import build_model_config
+    from vllava_jax.train.loop import train
     from vllava_jax.train.run_config import check_config
 
     config = _CONFIG.value

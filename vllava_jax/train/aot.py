@@ -292,7 +292,7 @@ def print_checks(problems: list[str], checked: str = "no (L x L) float array") -
 def run(fv) -> int:
     from vllava_jax.errors import ConfigError
     from vllava_jax.train import topology
-    from vllava_jax.train.loop import build_model_config
+    from vllava_jax.train.build import build_model_config
     from vllava_jax.train.data import check_max_length
 
     if fv.config is None or fv.topology is None:

@@ -28,8 +28,11 @@ from vllava_jax.checkpoint.orbax import absolute
 from vllava_jax.errors import CheckpointError, ConfigError
 from vllava_jax.modeling import lora
 from vllava_jax.train import adapters
-from vllava_jax.train.loop import RunResult, build_model_config, policy_from_config
+from vllava_jax.sharding import make_mesh
+from vllava_jax.train.build import build_model_config, build_training, policy_from_config
+from vllava_jax.train.loop import RunResult
 from vllava_jax.train.run_config import RUN_CONFIG
+from vllava_jax.train.state import abstract_train_state
 
 
 def trained_model(config: ml_collections.ConfigDict, result: RunResult) -> vllava_jax.VideoLlava:
@@ -67,11 +70,6 @@ def restore_run(config: ml_collections.ConfigDict, workdir: epath.Path, step: in
     """The run's parameters at `step` (default: its latest checkpoint), on this host's first device."""
     import orbax.checkpoint as ocp
 
-    from vllava_jax.train import partition
-    from vllava_jax.train.loop import build_model
-    from vllava_jax.train.optimizer import make_optimizer
-    from vllava_jax.train.step import TrainState
-
     with ocp.CheckpointManager(absolute(workdir / "checkpoints")) as manager:
         steps = sorted(manager.all_steps())
         if not steps:
@@ -79,16 +77,10 @@ def restore_run(config: ml_collections.ConfigDict, workdir: epath.Path, step: in
         if step is not None and step not in steps:
             raise CheckpointError(f"--step {step}: {workdir / 'checkpoints'} holds steps {steps}")
         step = steps[-1] if step is None else step
-        model = build_model(config, mesh=None)
-        graphdef, trainable, frozen = partition.split_trainable(model.module, partition.trainable_patterns(config))
-        optimizer, _ = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
-                                      config.weight_decay, config.max_grad_norm,
-                                      group_lrs=adapters.group_learning_rates(config))
-        abstract = jax.eval_shape(lambda: TrainState(jax.numpy.int32(0), trainable, optimizer.init(trainable)))
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+        training = build_training(config)
+        abstract = abstract_train_state(training.trainable, training.optimizer, make_mesh(devices=jax.devices()[:1]))
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    return RunResult([], restored.state, frozen, graphdef)
+    return RunResult([], restored.state, training.frozen, training.graphdef)
 
 
 def parser() -> cli.ArgumentParser:

@@ -23,15 +23,12 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
-import vllava_jax
 from vllava_jax import cli
-from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.errors import VllavaError
 from vllava_jax.eval.cache import write_atomic
-from vllava_jax.sharding import (MAX_REPLICATED_FRACTION, check_sufficiently_sharded, logical_to_spec, make_mesh,
-                                 state_shardings)
-from vllava_jax.train import adapters, flops, partition
-from vllava_jax.train.optimizer import make_optimizer
+from vllava_jax.sharding import logical_to_spec, make_mesh, state_shardings
+from vllava_jax.train import flops, partition
+from vllava_jax.train.build import build_training
 from vllava_jax.train.run_config import RUN_CONFIG, check_config, check_resume, keep_logged_steps, resolved_config
 from vllava_jax.train.state import create_train_state, jit_train_step
 from vllava_jax.train.step import TrainState
@@ -56,33 +53,6 @@ class RunResult:
     state: TrainState
     frozen: nnx.State
     graphdef: Any
-
-
-def policy_from_config(config: ml_collections.ConfigDict) -> DTypePolicy:
-    return DTypePolicy.from_names(config.get("param_dtype", "float32"), config.get("compute_dtype", "bfloat16"))
-
-
-def build_model_config(config: ml_collections.ConfigDict) -> VideoLlavaConfig:
-    if config.get("init_checkpoint"):
-        return VideoLlavaConfig.from_json(epath.Path(config.init_checkpoint) / "config.json")
-    return VideoLlavaConfig.from_hf_dict(config.model.to_dict())
-
-
-def build_model(config: ml_collections.ConfigDict, mesh) -> vllava_jax.VideoLlava:
-    """From a converted checkpoint (`init_checkpoint`) or randomly from `model` (a config.json dict);
-    with fresh LoRA adapters when `config.trainable` trains them."""
-    policy = policy_from_config(config)
-    if config.get("init_checkpoint"):
-        model = vllava_jax.load_pretrained(config.init_checkpoint, dtype=policy, remat=config.remat, mesh=mesh,
-                                           max_replicated_fraction=max_replicated_fraction(config))
-    else:
-        model = vllava_jax.VideoLlava.random(build_model_config(config), dtype=policy, seed=config.seed,
-                                             remat=config.remat)
-    return adapters.with_adapters(model, config)
-
-
-def max_replicated_fraction(config: ml_collections.ConfigDict) -> float:
-    return config.get("max_replicated_fraction", MAX_REPLICATED_FRACTION)
 
 
 def global_shapes(batch: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -145,14 +115,10 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     mesh_config = config.mesh.to_dict()
     devices = jax.devices()[: mesh_config.pop("num_devices", None) or None]
     mesh = make_mesh(**mesh_config, devices=devices)
-    model = build_model(config, mesh)
-    check_sufficiently_sharded(model.state, mesh, max_replicated_fraction=max_replicated_fraction(config))
-    graphdef, trainable, frozen = partition.split_trainable(model.module, partition.trainable_patterns(config))
-    frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
-    optimizer, schedule = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
-                                         config.weight_decay, config.max_grad_norm,
-                                         group_lrs=adapters.group_learning_rates(config))
-    state = create_train_state(trainable, optimizer, mesh)
+    training = build_training(config, mesh)
+    graphdef, optimizer, schedule = training.graphdef, training.optimizer, training.schedule
+    frozen = jax.device_put(training.frozen, state_shardings(training.frozen, mesh))
+    state = create_train_state(training.trainable, optimizer, mesh)
 
     manager = ocp.CheckpointManager(
         workdir / "checkpoints",
@@ -179,7 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     rows = config.accum_steps * config.batch_size * jax.process_count()
     tokens = rows * config.max_length  # every position of every row runs through the decoder, labelled or not
     # MFU counts what the towers run on: the batch buffer's one video and one image per row
-    frames = model.config.video_tower_config.num_frames
+    frames = training.model_config.video_tower_config.num_frames
     peak = flops.peak_flops(config.get("peak_flops_per_device"))
     start_step = int(state.step)
     end_step = config.total_steps if steps is None else min(config.total_steps, start_step + steps)
@@ -207,7 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
                        "tokens_per_second": tokens / seconds, "seconds_per_step": seconds}
             shown = dict(loss=f"{loss:.4f}", lr=f"{scalars['learning_rate']:.2e}", tok_s=f"{tokens / seconds:.0f}")
             if peak:  # unknown on CPUs (and unset in the config): no MFU rather than a made-up 0%
-                model_flops = flops.step_flops(model.config, config.trainable, rows, config.max_length, frames,
+                model_flops = flops.step_flops(training.model_config, config.trainable, rows, config.max_length, frames,
                                                head_tokens=int(scalars["answer_tokens"]), images=1)
                 scalars["mfu"] = model_flops / seconds / (peak * jax.device_count())
                 shown["mfu"] = f"{scalars['mfu']:.1%}"

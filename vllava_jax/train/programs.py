@@ -23,10 +23,9 @@ from vllava_jax import generation
 from vllava_jax.config import DTypePolicy, VideoLlavaConfig
 from vllava_jax.modeling.video_llava import VideoLlavaModel
 from vllava_jax.sharding import logical_to_spec, state_shardings
-from vllava_jax.train import adapters, partition
 from vllava_jax.train import state as train_state
-from vllava_jax.train.loop import batch_shardings, policy_from_config
-from vllava_jax.train.optimizer import make_optimizer
+from vllava_jax.train.build import build_training
+from vllava_jax.train.loop import batch_shardings
 from vllava_jax.train.step import TrainState
 
 
@@ -46,20 +45,10 @@ def abstract_train_state(config: ml_collections.ConfigDict, model_config: VideoL
                          ) -> AbstractTrainState:
     """The train state `loop.train` builds, as shapes: parameters, Adam moments and step on `mesh`
     (`train.state.abstract_train_state`), frozen parameters on their rules-table placements."""
-    policy = policy_from_config(config)
-
-    def build() -> VideoLlavaModel:
-        module = VideoLlavaModel(model_config, policy, nnx.Rngs(0), config.remat)
-        if adapters.lora_config(config) is not None:
-            adapters.add_adapters(module, config, policy)
-        return module
-
-    graphdef, trainable, frozen = partition.split_trainable(nnx.eval_shape(build), partition.trainable_patterns(config))
-    optimizer, _ = make_optimizer(config.learning_rate, config.total_steps, config.warmup_ratio,
-                                  config.weight_decay, config.max_grad_norm,
-                                  group_lrs=adapters.group_learning_rates(config))
-    frozen = placed(frozen, state_shardings(frozen, mesh))
-    return AbstractTrainState(graphdef, optimizer, train_state.abstract_train_state(trainable, optimizer, mesh), frozen)
+    training = build_training(config, abstract=True, model_config=model_config)
+    frozen = placed(training.frozen, state_shardings(training.frozen, mesh))
+    state = train_state.abstract_train_state(training.trainable, training.optimizer, mesh)
+    return AbstractTrainState(training.graphdef, training.optimizer, state, frozen)
 
 
 def abstract_batch(model_config: VideoLlavaConfig, mesh: Mesh, accum: int, rows: int, length: int) -> dict:

@@ -111,6 +111,12 @@ class Engine:
         self._rows: list[_Job | None] = [None] * max_batch
         self._in_flight: collections.deque[tuple[jax.Array, list[tuple[int, _Job]]]] = collections.deque()
         self._slots: slots.Slots | None = None
+        self.steps = 0  # decode steps dispatched (each one token for every row in use)
+
+    @property
+    def rows_in_use(self) -> int:
+        """Requests admitted and not finished (read on any thread: a snapshot)."""
+        return sum(job is not None for job in self._rows)
 
     def check(self, request: Request) -> None:
         """Raise InputError for a request the engine cannot run (the message names what is wrong)."""
@@ -255,6 +261,7 @@ class Engine:
         active[[row for row, _ in live]] = True
         with self._device():
             self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, active)
+        self.steps += 1
         for _, job in live:
             job.dispatched += 1
         self._in_flight.append((tokens, live))

@@ -24,6 +24,7 @@ from flax import nnx
 
 from vllava_jax import generation
 from vllava_jax.modeling.kv_cache import KVCache
+from vllava_jax.sharding import constrain
 
 
 class Slots(NamedTuple):
@@ -39,11 +40,29 @@ class Slots(NamedTuple):
 
     @classmethod
     def empty(cls, model, rows: int, columns: int) -> Slots:
+        """A state with every row free, made by a compiled program so that it is placed as the
+        programs' outputs are (the programs are then compiled once, not again for the second call)."""
         cfg = model.config.text_config
-        zeros = functools.partial(jnp.zeros, (rows,))
-        return cls(KVCache.empty(cfg, rows, columns, model.policy.compute_dtype), zeros(jnp.int32), zeros(jnp.int32),
-                   jax.random.split(jax.random.key(0), rows), zeros(jnp.float32), zeros(jnp.float32),
-                   jnp.zeros((), jnp.int32))
+
+        def make():
+            zeros = functools.partial(jnp.zeros, (rows,))
+            return cls(KVCache.empty(cfg, rows, columns, model.policy.compute_dtype), zeros(jnp.int32),
+                       zeros(jnp.int32), jax.random.split(jax.random.key(0), rows), zeros(jnp.float32),
+                       zeros(jnp.float32), jnp.zeros((), jnp.int32)).placed()
+
+        slots = jax.jit(make)()
+        if model.mesh is None:  # committed to the parameters' device, as the programs' outputs are
+            slots = jax.device_put(slots, jax.tree.leaves(model.state)[0].sharding)
+        return slots
+
+    def placed(self) -> Slots:
+        """The state pinned to one placement on the current mesh (rows over the batch axes, kv heads
+        over tensor; nothing without a mesh), the same on the way out of every program."""
+        rows = functools.partial(constrain, names=("batch",))
+        cache = KVCache(*(constrain(x, ("layers", "batch", "length", "kv_heads", "head_dim"))
+                          for x in (self.cache.keys, self.cache.values)), constrain(self.cache.valid, ("batch", "length")))
+        return Slots(cache, rows(self.last), rows(self.positions), rows(self.keys), rows(self.temperature),
+                     rows(self.top_p), self.head)
 
 
 def choose_per_row(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -78,7 +97,7 @@ def admit(graphdef, state, slots: Slots, row, input_ids, attention_mask, images,
     return slots._replace(cache=KVCache(keys, values, valid), last=slots.last.at[row].set(first[0]),
                           positions=slots.positions.at[row].set(positions[0]), keys=slots.keys.at[row].set(key),
                           temperature=slots.temperature.at[row].set(temperature),
-                          top_p=slots.top_p.at[row].set(top_p)), first
+                          top_p=slots.top_p.at[row].set(top_p)).placed(), first
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
@@ -93,4 +112,4 @@ def step(graphdef, state, slots: Slots, active: jax.Array) -> tuple[Slots, jax.A
     keys, sub = jnp.unstack(jax.vmap(jax.random.split)(slots.keys), axis=1)
     tokens = choose_per_row(lm.logits(hidden), sub, slots.temperature, slots.top_p)
     head = (slots.head + 1) % cache.valid.shape[1]
-    return slots._replace(cache=cache, last=tokens, positions=slots.positions + 1, keys=keys, head=head), tokens
+    return slots._replace(cache=cache, last=tokens, positions=slots.positions + 1, keys=keys, head=head).placed(), tokens

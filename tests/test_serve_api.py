@@ -141,6 +141,7 @@ def test_disconnect_mid_stream_frees_the_slot(served):
     finally:
         engine.submit = submit
     assert finished == ["cancelled"]
+    assert engine.rows_in_use == 0
     reply = client.chat.completions.create(model="tiny", messages=video_message(QUESTIONS[3], clip), max_tokens=4,
                                            temperature=0)
     assert reply.usage.completion_tokens == 4
@@ -194,7 +195,7 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(served, tmp_
         ("http URL", ask(video("https://example.com/a.mp4")), 400, "data:"),
         ("more placeholders than media", ask(video(data_url(clip)), question="<video> and <video>?"), 400,
          "placeholders"),
-        ("prompt past the context", ask(video(data_url(clip)), max_tokens=MAX_LENGTH), 400, "context"),
+        ("prompt past the context", ask(video(data_url(clip)), max_tokens=MAX_LENGTH), 400, "exceeds"),
         ("n=2", ask(n=2), 400, "n=2"),
         ("tools", ask(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
         ("logprobs", ask(logprobs=True), 400, "logprobs"),

@@ -64,13 +64,9 @@ class ChatService:
         videos = tuple(m for kind, m in loaded if kind == "video")
         frames = videos[0].pixels.shape[0] if videos else 0
         ids = np.asarray(self.processor.tokenize([prompt], frames)["input_ids"][0], np.int32)
-        room = self.max_length - len(ids)
-        if room < 1 or (chat.max_tokens or 1) > room:
-            raise bad_request(f"messages: the prompt is {len(ids)} tokens (media included) and max_tokens "
-                              f"{chat.max_tokens} more, past the context of {self.max_length}",
-                              "messages", "context_length_exceeded")
-        return engine_lib.Request(ids, tuple(m for kind, m in loaded if kind == "image"), videos,
-                                  chat.max_tokens or room, chat.temperature, chat.top_p, chat.seed)
+        max_new_tokens = chat.max_tokens or max(self.max_length - len(ids), 1)  # the engine refuses past its length
+        return engine_lib.Request(ids, tuple(m for kind, m in loaded if kind == "image"), videos, max_new_tokens,
+                                  chat.temperature, chat.top_p, chat.seed)
 
     def submit(self, request: engine_lib.Request) -> tuple[engine_lib.Ticket, asyncio.Queue]:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()

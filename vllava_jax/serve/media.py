@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import io
 import os
 import urllib.parse
@@ -45,11 +44,6 @@ def feature_fingerprint(processor: Processor) -> str:
             f"{processor.pad_to_square}")
 
 
-def content_key(cache: FeatureCache, kind: str, data: bytes) -> str:
-    """The feature-cache key of an encoded medium held in memory (`FeatureCache.key` of a file with these bytes)."""
-    return f"{kind}:{cache.fingerprint}:{hashlib.sha256(data).hexdigest()}"
-
-
 class MediaLoader:
     def __init__(self, processor: Processor, cache: FeatureCache, media_root: str | None = None):
         self.processor, self.cache = processor, cache
@@ -58,7 +52,7 @@ class MediaLoader:
     def load(self, ref: MediaReference) -> Medium:
         """Read, decode and preprocess one medium; a URL or file the server cannot use is a 400 naming `ref.param`."""
         data = self.read(ref)
-        return Medium(content_key(self.cache, ref.kind, data), self.pixels(ref, data))
+        return Medium(self.cache.bytes_key(ref.kind, data), self.pixels(ref, data))
 
     def read(self, ref: MediaReference) -> bytes:
         scheme = ref.url.split(":", 1)[0].lower() if ":" in ref.url else ""

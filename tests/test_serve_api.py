@@ -4,6 +4,7 @@ once, streamed or not; clients that leave; the feature cache; and every bad requ
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import shutil
 import threading
 import time
@@ -228,3 +229,47 @@ def test_text_only_and_multi_turn_prompts_are_generates(served):
     messages = [{"role": r, "content": t} for r, t in zip(["user", "assistant", "user"], turns)]
     reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
     assert reply.choices[0].message.content == processor.decode(new, skip_special_tokens=True)
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1200,1000"]
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMEDRIVER), reason=f"needs Debian's chromium-driver ({CHROMEDRIVER}; "
+                    ".ci/run installs it)")
+def test_web_page_streams_the_answer_and_shows_the_frames(served, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _, service, path, clip, _ = served
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        driver.get(url + "/")
+        driver.find_element(By.ID, "file").send_keys(str(clip))
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames img")) == service.processor.num_frames)
+        question = driver.find_element(By.ID, "question")
+        question.clear()
+        question.send_keys(QUESTIONS[2])
+        max_tokens = driver.find_element(By.ID, "max-tokens")
+        max_tokens.clear()
+        max_tokens.send_keys("24")
+        driver.find_element(By.ID, "ask").click()
+        answer = driver.find_element(By.ID, "answer")
+        wait.until(lambda d: answer.get_attribute("data-state") in ("done", "failed"))
+        shown = answer.get_attribute("textContent")
+        frames_loaded = driver.execute_script(
+            "return [...document.querySelectorAll('#frames img')].every(i => i.complete && i.naturalWidth > 0)")
+        driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
+    assert shown == generate.ask(path, QUESTIONS[2], videos=[str(clip)], max_new_tokens=24)
+    assert frames_loaded
+    assert (tmp_path / "page.png").stat().st_size > 10_000

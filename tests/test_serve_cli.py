@@ -28,7 +28,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_flags_are_checked_before_the_model_loads(tmp_path, capsys):
+def test_flags_are_checked_before_the_model_loads(checkpoint, tmp_path, capsys):  # noqa: F811
     model = tmp_path / "model"
     model.mkdir()  # no config.json: loading it would fail differently
     assert_user_error(in_process(main, ["--model", model, "--port", "70000"], capsys), 2, "--port")
@@ -37,6 +37,8 @@ def test_flags_are_checked_before_the_model_loads(tmp_path, capsys):
                       "--media-root", "no such directory")
     assert_user_error(in_process(main, ["--model", model, "--adapter", tmp_path / "nope"], capsys), 2, "--adapter")
     assert_user_error(in_process(main, ["--model", tmp_path / "nope"], capsys), 2, "--model")
+    assert_user_error(in_process(main, ["--model", checkpoint[0], "--port", "0", "--max-length", "5000"], capsys),
+                      2, "--max-length 5000", "context of 4096")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sock = listening_socket(args.host, args.port)
     processor = vllava_jax.Processor.from_pretrained(args.model)
+    context = processor.config.text_config.max_position_embeddings
+    if args.max_length is not None and args.max_length > context:
+        raise UsageError(f"--max-length {args.max_length} is past the model's context of {context} positions")
     model = vllava_jax.load_pretrained(args.model, dtype=args.dtype)
     if args.adapter:
         from vllava_jax.checkpoint import peft

@@ -59,7 +59,10 @@ class ChatService:
 
     def prepare(self, chat: ChatRequest) -> engine_lib.Request:
         """The engine request for a parsed chat request: prompt ids and decoded media (runs off the event loop)."""
-        prompt = chat.prompt(self.template)
+        try:
+            prompt = chat.prompt(self.template)
+        except InputError as e:  # a conversation the template cannot hold
+            raise bad_request(str(e), "messages") from None
         loaded = [(ref.kind, self.media.load(ref)) for ref in chat.media]
         videos = tuple(m for kind, m in loaded if kind == "video")
         frames = videos[0].pixels.shape[0] if videos else 0
@@ -249,8 +252,7 @@ class Reply:
 def build_service(model, processor: Processor, *, model_id: str, template: str = "llava_v1", max_batch: int = 16,
                   max_length: int | None = None, media_root: str | None = None) -> ChatService:
     """An engine over `model` with a feature cache keyed as the media loader keys media, and the service around it."""
-    context = model.config.text_config.max_position_embeddings
-    max_length = min(max_length or context, context)
+    max_length = max_length or model.config.text_config.max_position_embeddings
     cache = FeatureCache(model, fingerprint=feature_fingerprint(processor))
     engine = engine_lib.Engine(model, max_batch=max_batch, max_length=max_length, feature_cache=cache)
     return ChatService(engine, processor, model_id=model_id, template=template, max_length=max_length,

@@ -54,20 +54,21 @@ def write_checkpoint(path: str, image_size: int) -> str:
     return str(model_dir)
 
 
-def start_server(model_dir: str, media_root: str, max_batch: int, max_length: int) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: str, media_root: str, max_batch: int, max_length: int, log) -> tuple[subprocess.Popen, str]:
+    """`python -m vllava_jax.serve` on a free port, its log to `log`; returns once /health answers."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "vllava_jax.serve", "--model", model_dir, "--port", str(port),
                                "--dtype", "float32", "--media-root", media_root, "--max-batch", str(max_batch),
                                "--max-length", str(max_length)],
-                              env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+                              env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, stdout=log,
+                              stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while True:
         if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read()[-3000:]}")
+            raise RuntimeError(f"the server exited; its log: {log.name}")
         try:
             if httpx.get(url + "/health", timeout=5).status_code == 200:
                 return server, url
@@ -83,7 +84,8 @@ def ask(url: str, clip: str, question: str, new_tokens: int) -> int:
             "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{clip}"}},
                                                       {"type": "text", "text": question}]}]}
     reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
-    reply.raise_for_status()
+    if reply.status_code != 200:
+        raise RuntimeError(f"the server answered {reply.status_code}: {reply.text[:2000]}")
     tokens = reply.json()["usage"]["completion_tokens"]
     if tokens != new_tokens:
         raise RuntimeError(f"an answer stopped after {tokens} of {new_tokens} tokens: EOS is not disabled")
@@ -116,7 +118,8 @@ def main() -> None:
         os.makedirs(root)
         clip = os.path.join(root, "clip.mp4")
         media.write_clip(clip, num_frames=24, width=160, height=120)
-        server, url = start_server(model_dir, root, max(args.clients), args.max_length)
+        log = open(os.path.join(tmp, "server.log"), "w")
+        server, url = start_server(model_dir, root, max(args.clients), args.max_length, log)
         try:
             rows = []
             for together in (True, False):  # warm-up: compiles, and computes the clip's features
@@ -130,6 +133,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=60)
+            log.close()
     print(f"serving throughput, small config, 8 frames at {args.image_size}px, {args.new_tokens} new tokens per "
           f"answer, float32, {os.cpu_count()} CPUs, median of {args.runs}")
     print(f"{'clients':>8} {'tok/s':>10} {'sequential tok/s':>18} {'ratio':>7}")

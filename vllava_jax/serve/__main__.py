@@ -20,7 +20,7 @@ from etils import epath
 
 import vllava_jax
 from vllava_jax import cli
-from vllava_jax.errors import UsageError
+from vllava_jax.errors import UsageError, VllavaError
 from vllava_jax.processing.conversation import TEMPLATES
 
 API_KEY_ENV = "VLLAVA_API_KEY"
@@ -77,11 +77,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> None:
     """Checks the arguments, the port and the tokenizer files before the model loads."""
-    import uvicorn
-
-    from vllava_jax.serve.app import build_service, create_app
-
     args = parse_args(argv)
+    try:
+        import uvicorn
+
+        from vllava_jax.serve.app import build_service, create_app
+    except ModuleNotFoundError as e:
+        raise VllavaError(f"the server needs the serve extra ({e.name} is not installed): "
+                          "pip install -e '.[serve]'") from None
     sock = listening_socket(args.host, args.port)
     processor = vllava_jax.Processor.from_pretrained(args.model)
     context = processor.config.text_config.max_position_embeddings

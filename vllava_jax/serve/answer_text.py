@@ -24,7 +24,7 @@ class AnswerText:
     def add(self, token: int) -> str:
         """Take one chosen token; returns the text that is now safe to show (maybe "")."""
         self.ids.append(token)
-        if not self.processor.tokenizer.sp.is_byte(token):
+        if not self._is_byte(token):
             self.settled = len(self.ids)
         self.text = self.processor.decode(self.ids, skip_special_tokens=True)
         cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
@@ -38,6 +38,11 @@ class AnswerText:
     def finish(self) -> str:
         """The text not yet handed out: all of it, the answer being complete."""
         return self._release(len(self.text))
+
+    def _is_byte(self, token: int) -> bool:
+        """A byte-fallback piece; ids past the sentencepiece model (added tokens, a model's padded vocab) are not."""
+        pieces = self.processor.tokenizer.sp
+        return 0 <= token < pieces.get_piece_size() and pieces.is_byte(token)
 
     def _partial_stop(self, text: str) -> int:
         """How many trailing characters of `text` could be the start of a stop string."""

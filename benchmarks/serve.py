@@ -8,8 +8,9 @@ the tests' small sentencepiece tokenizer. EOS is disabled by the checkpoint: its
 `eos_token_id: null`, so every answer runs exactly --new-tokens (the random model's text is noise).
 Workload: each client asks a different question about the same 8-frame clip (a file:// URL under
 --media-root), so the clip's features are computed once, by the warm-up. A round of N clients sends
-N requests at once: tokens/s = N x new tokens / wall time; sequential sends the same N requests one
-after another to the same server. Medians of --runs rounds, after one warm-up round of each kind.
+N requests at once: tokens/s = N x new tokens / wall time; the baseline sends --sequential questions
+one after another to the same server. Each run measures the baseline and every N in turn (so load
+from elsewhere on the machine weighs on both); medians of --runs runs, after a warm-up round.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients to measure")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens per answer")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds per figure (median reported)")
+    parser.add_argument("--sequential", type=int, default=4, help="questions per one-at-a-time round")
     parser.add_argument("--image-size", type=int, default=112, help="frame size (224 is the real model's)")
     parser.add_argument("--max-length", type=int, default=1024, help="the server's --max-length (cache columns)")
     args = parser.parse_args()
@@ -121,15 +123,16 @@ def main() -> None:
         log = open(os.path.join(tmp, "server.log"), "w")
         server, url = start_server(model_dir, root, max(args.clients), args.max_length, log)
         try:
-            rows = []
-            for together in (True, False):  # warm-up: compiles, and computes the clip's features
-                round_rate(url, clip, max(args.clients), args.new_tokens, together)
-            for clients in args.clients:
-                together = statistics.median(round_rate(url, clip, clients, args.new_tokens, True)
-                                             for _ in range(args.runs))
-                alone = statistics.median(round_rate(url, clip, clients, args.new_tokens, False)
-                                          for _ in range(args.runs))
-                rows.append((clients, together, alone))
+            round_rate(url, clip, 2, args.new_tokens, True)  # warm-up: compiles, computes the clip's features
+            rates: dict[int, list[float]] = {c: [] for c in [0, *args.clients]}  # 0: one client at a time
+            for run in range(args.runs):
+                rates[0].append(round_rate(url, clip, args.sequential, args.new_tokens, False))
+                for clients in args.clients:
+                    rates[clients].append(round_rate(url, clip, clients, args.new_tokens, True))
+                print(f"run {run}: " + ", ".join(f"{c or 'sequential'}: {r[-1]:.1f} tok/s" for c, r in rates.items()),
+                      flush=True)
+            alone = statistics.median(rates[0])
+            rows = [(c, statistics.median(rates[c]), alone) for c in args.clients]
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -257,10 +257,8 @@ class Engine:
                 if job is not None and job.dispatched < job.request.max_new_tokens]
         if not live:
             return False
-        active = np.zeros(self.max_batch, bool)
-        active[[row for row, _ in live]] = True
         with self._device():
-            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, active)
+            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots)
         self.steps += 1
         for _, job in live:
             job.dispatched += 1
@@ -281,15 +279,19 @@ class Engine:
                     continue
                 job.emitted += 1
                 if not _send(job, Event(token, None)):
-                    self._finish(job, "cancelled")
+                    self._release(job)
                 elif job.emitted == job.request.max_new_tokens:
                     self._finish(job, "length")
 
     def _finish(self, job: _Job, reason: str | None, error: Exception | None = None) -> None:
+        self._release(job)
+        _send(job, Event(None, reason, error))
+
+    def _release(self, job: _Job) -> None:
+        """Mark the job finished and free its row."""
         job.finished = True
         if job.row is not None and self._rows[job.row] is job:
             self._rows[job.row] = None
-        _send(job, Event(None, reason, error))
 
     def _fail_all(self, error: Exception) -> None:
         for job in self._rows:
@@ -300,13 +302,12 @@ class Engine:
 
 
 def _send(job: _Job, event: Event) -> bool:
-    """Call the job's `emit`; False if it raised (the client is gone), which is logged."""
+    """Call the job's `emit`; False if it raised (logged: the request is then dropped)."""
     try:
         job.emit(event)
         return True
     except Exception:
         log.exception("emit of a request failed; the request is dropped")
-        job.cancelled = True
         return False
 
 

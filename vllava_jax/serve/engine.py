@@ -211,8 +211,13 @@ class Engine:
         self._queue = collections.deque(job for job in self._queue if not job.finished)
 
     def _admit(self) -> None:
-        """Admit queued requests into free rows: towers for unseen media, then each prompt alone."""
-        while self._queue and None in self._rows:
+        """Admit queued requests into free rows: towers for unseen media, then each prompt alone.
+
+        While other rows are decoding, one per step, so a burst of newcomers delays their tokens
+        by one prefill at a time, not by all the prefills of the burst; into an idle engine, all
+        at once (nobody is waiting for tokens, and each step decodes every row)."""
+        decoding, admitted = any(job is not None for job in self._rows), 0
+        while self._queue and None in self._rows and not (decoding and admitted):
             job = self._queue.popleft()
             row = self._rows.index(None)
             request = job.request
@@ -235,6 +240,7 @@ class Engine:
                     np.float32(request.temperature), np.float32(request.top_p))
             job.row, job.dispatched = row, 1
             self._rows[row] = job
+            admitted += 1
             self._in_flight.append((first, [(0, job)]))
 
     def _features(self, kind: str, media: tuple[Medium, ...]) -> jax.Array | None:

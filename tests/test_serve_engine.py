@@ -231,7 +231,7 @@ def test_step_updates_the_cache_in_place(model):
     """The step program aliases the donated cache to its output and writes no array the size of the
     cache but in place (as generation's decode loop)."""
     state = slots.Slots.empty(model, ROWS, COLUMNS)
-    compiled = slots.step.lower(model.graphdef, model.state, state, np.ones(ROWS, bool)).compile()
+    compiled = slots.step.lower(model.graphdef, model.state, state).compile()
     cache_bytes = state.cache.keys.nbytes + state.cache.values.nbytes
     assert compiled.memory_analysis().alias_size_in_bytes >= cache_bytes
     whole = state.cache.keys.size

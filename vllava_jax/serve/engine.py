@@ -211,8 +211,13 @@ class Engine:
         self._queue = collections.deque(job for job in self._queue if not job.finished)
 
     def _admit(self) -> None:
-        """Admit queued requests into free rows: towers for unseen media, then each prompt alone."""
-        while self._queue and None in self._rows:
+        """Admit queued requests into free rows: towers for unseen media, then each prompt alone.
+
+        While other rows are decoding, one per step, so a burst of newcomers delays their tokens
+        by one prefill at a time, not by all the prefills of the burst; into an idle engine, all
+        at once (nobody is waiting for tokens, and each step decodes every row)."""
+        decoding, admitted = any(job is not None for job in self._rows), 0
+        while self._queue and None in self._rows and not (decoding and admitted):
             job = self._queue.popleft()
             row = self._rows.index(None)
             request = job.request
@@ -235,6 +240,7 @@ class Engine:
                     np.float32(request.temperature), np.float32(request.top_p))
             job.row, job.dispatched = row, 1
             self._rows[row] = job
+            admitted += 1
             self._in_flight.append((first, [(0, job)]))
 
     def _features(self, kind: str, media: tuple[Medium, ...]) -> jax.Array | None:
@@ -257,10 +263,8 @@ class Engine:
                 if job is not None and job.dispatched < job.request.max_new_tokens]
         if not live:
             return False
-        active = np.zeros(self.max_batch, bool)
-        active[[row for row, _ in live]] = True
         with self._device():
-            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, active)
+            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots)
         self.steps += 1
         for _, job in live:
             job.dispatched += 1
@@ -281,15 +285,19 @@ class Engine:
                     continue
                 job.emitted += 1
                 if not _send(job, Event(token, None)):
-                    self._finish(job, "cancelled")
+                    self._release(job)
                 elif job.emitted == job.request.max_new_tokens:
                     self._finish(job, "length")
 
     def _finish(self, job: _Job, reason: str | None, error: Exception | None = None) -> None:
+        self._release(job)
+        _send(job, Event(None, reason, error))
+
+    def _release(self, job: _Job) -> None:
+        """Mark the job finished and free its row."""
         job.finished = True
         if job.row is not None and self._rows[job.row] is job:
             self._rows[job.row] = None
-        _send(job, Event(None, reason, error))
 
     def _fail_all(self, error: Exception) -> None:
         for job in self._rows:
@@ -300,13 +308,12 @@ class Engine:
 
 
 def _send(job: _Job, event: Event) -> bool:
-    """Call the job's `emit`; False if it raised (the client is gone), which is logged."""
+    """Call the job's `emit`; False if it raised (logged: the request is then dropped)."""
     try:
         job.emit(event)
         return True
     except Exception:
         log.exception("emit of a request failed; the request is dropped")
-        job.cancelled = True
         return False
 
 

@@ -63,9 +63,13 @@ def test_answer_equals_generate(served):
     _, client, _, path, clip, _ = served
     whole = client.chat.completions.create(model="tiny", messages=video_message(QUESTIONS[0], clip), max_tokens=24,
                                            temperature=0)
-    pieces, finishes = [], []
+    pieces, finishes, usage = [], [], []
     for chunk in client.chat.completions.create(model="tiny", messages=video_message(QUESTIONS[1], clip),
-                                                max_tokens=24, temperature=0, stream=True):
+                                                max_tokens=24, temperature=0, stream=True,
+                                                stream_options={"include_usage": True}):
+        if chunk.usage is not None:  # the last chunk, without choices
+            usage.append(chunk.usage.completion_tokens)
+            continue
         pieces.append(chunk.choices[0].delta.content or "")
         finishes.append(chunk.choices[0].finish_reason)
     streamed = "".join(pieces)
@@ -77,6 +81,7 @@ def test_answer_equals_generate(served):
     assert whole.usage.completion_tokens >= 16 and whole.choices[0].finish_reason == "length"
     assert whole.usage.prompt_tokens > 40  # the video's slots count
     assert len([p for p in pieces if p]) > 8 and finishes[-1] == "length"  # streamed piece by piece
+    assert usage == [24]
 
 
 def test_concurrent_requests_each_equal_their_answer_alone(served):

@@ -128,16 +128,20 @@ def test_requests_join_while_others_decode(model, cases):
     engine = make_engine(model)
     try:
         early, later = cases[1:3], cases[3:] + cases[:1]  # the early ones decode 40 and 30 tokens
-        joined = threading.Event()
-        first = [Collector(on_token=lambda c: len(c.tokens) == 5 and joined.set()) for _ in early]
+        then = [Collector() for _ in later]
+        early_done_at_join = []
+
+        def join(collector):  # on the engine thread, at the early request's 5th token
+            if len(collector.tokens) == 5:
+                early_done_at_join.extend(c.done.is_set() for c in first)
+                for joining, (request, _, _) in zip(then, later):
+                    engine.submit(request, joining)
+
+        first = [Collector(on_token=join), Collector()]
         for collector, (request, _, _) in zip(first, early):
             engine.submit(request, collector)
-        assert joined.wait(60)
-        then = [Collector() for _ in later]
-        for collector, (request, _, _) in zip(then, later):
-            engine.submit(request, collector)
-        assert not any(c.done.is_set() for c in first)
         assert_answers(first + then, early + later)
+        assert early_done_at_join == [False, False]
     finally:
         engine.close()
 

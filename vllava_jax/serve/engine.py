@@ -5,7 +5,10 @@ until a row is free, is admitted between two steps (visual features from the Fea
 towers only for media it has not seen, then its prompt alone, as `generation.generate` runs it),
 then decodes one token per step beside whatever else is in flight, and leaves when it chose an EOS,
 reached its max_new_tokens or was cancelled; its row goes to the next in the queue. No request
-waits for another to finish.
+waits for another to finish. Newcomers join an idle engine all at once and a busy one one per
+step, so running streams keep flowing through a burst of arrivals. Only the engine thread touches
+the device state and the FeatureCache (other threads submit, cancel, and compute media keys with
+`FeatureCache.bytes_key`).
 
 Steps are dispatched one ahead of the host: step t+1 is queued before step t's tokens are read,
 so the device does not wait for the host between steps. The price is that a row that chose an

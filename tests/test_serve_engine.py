@@ -9,6 +9,7 @@ oracle is `generate` with 40 new tokens, of which a request of m new tokens must
 
 from __future__ import annotations
 
+import textwrap
 import threading
 import time
 
@@ -19,6 +20,7 @@ import pytest
 import vllava_jax
 from tests import oracle
 from tests.test_generation import top_level_arrays
+from tests.test_sharding import run_on_8_devices
 from vllava_jax import generation
 from vllava_jax.errors import InputError
 from vllava_jax.serve import slots
@@ -242,3 +244,43 @@ def test_step_updates_the_cache_in_place(model):
     written = [(name, op) for name, op, n in top_level_arrays(compiled.as_text()) if n == whole
                and op not in ("parameter", "get-tuple-element", "bitcast") and "dynamic-update-slice" not in name]
     assert not written, f"whole-cache arrays written per step: {written}"
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import threading
+    import numpy as np
+    import vllava_jax
+    from jax.sharding import PartitionSpec as P
+    from tests import oracle
+    from vllava_jax import generation
+    from vllava_jax.serve.engine import Engine, Request
+    from vllava_jax.sharding import make_mesh, shard_state
+
+    config = vllava_jax.VideoLlavaConfig.from_hf_dict(oracle.hf_config().to_dict())
+    model = vllava_jax.VideoLlava.random(config, dtype="bfloat16", seed=1)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    model.state, model.mesh = shard_state(model.state, mesh), mesh
+    rng = np.random.default_rng(0)
+    prompts = [oracle.make_ids(rng, [n]).astype(np.int32) for n in (5, 19)]
+    sampling = generation.sampling_config(model.config, 16)
+    expected = [[t for t in generation.generate(model, p[None], sampling=sampling, pad_to_multiple=32)[0, len(p):]
+                 if t not in sampling.eos_token_ids] for p in prompts]
+    engine = Engine(model, max_batch=4, max_length=48, pad_to_multiple=32)
+    engine.start()
+    answers, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
+    for answer, finished, prompt in zip(answers, done, prompts):
+        engine.submit(Request(prompt, max_new_tokens=16),
+                      lambda event, a=answer, f=finished: f.set() if event.token is None else a.append(event.token))
+    assert all(finished.wait(120) for finished in done)
+    assert engine._slots.cache.keys.sharding.spec == P(None, ("data", "fsdp"), None, "tensor")
+    engine.close()
+    assert answers == expected and expected[0] != expected[1] and min(map(len, expected)) >= 8, (answers, expected)
+    print("OK")
+""")
+
+
+def test_bfloat16_model_on_a_mesh():
+    """Rows split over data x fsdp and kv heads over tensor, answers still generate's."""
+    run_on_8_devices(MESH_SCRIPT)

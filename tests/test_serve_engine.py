@@ -233,12 +233,16 @@ def test_close_ends_pending_requests_as_cancelled(model, cases):
     del late
 
 
-def test_step_updates_the_cache_in_place(model):
-    """The step program aliases the donated cache to its output and writes no array the size of the
-    cache but in place (as generation's decode loop)."""
+def test_programs_update_the_cache_in_place(model):
+    """`step` and `admit` alias the donated cache to their output, and `step` writes no array the
+    size of the cache but in place (as generation's decode loop)."""
     state = slots.Slots.empty(model, ROWS, COLUMNS)
-    compiled = slots.step.lower(model.graphdef, model.state, state).compile()
     cache_bytes = state.cache.keys.nbytes + state.cache.values.nbytes
+    ids = np.ones((1, PAD_TO), np.int32)
+    admit = slots.admit.lower(model.graphdef, model.state, state, np.int32(1), ids, ids, None, None,
+                              jax.random.key(0), np.float32(0), np.float32(1)).compile()
+    assert admit.memory_analysis().alias_size_in_bytes >= cache_bytes
+    compiled = slots.step.lower(model.graphdef, model.state, state).compile()
     assert compiled.memory_analysis().alias_size_in_bytes >= cache_bytes
     whole = state.cache.keys.size
     written = [(name, op) for name, op, n in top_level_arrays(compiled.as_text()) if n == whole

@@ -1,7 +1,7 @@
 """The serving engine against `generation.generate` of each prompt alone, on a tiny random model.
 
-One engine shape for every test (3 rows of 56 columns, prompts padded to 32), so its two programs
-compile once: 6 requests of 12-34 prompt tokens and 16-40 new tokens overflow the 3 rows (queueing,
+One engine shape for every test (3 rows of 56 columns, prompts padded to 32), so its programs
+compile once (a step program per row count 1, 2, 3): 6 requests of 12-34 prompt tokens and 16-40 new tokens overflow the 3 rows (queueing,
 rows reused) and run the shared head around the 56 columns more than once (ring buffer). The
 oracle is `generate` with 40 new tokens, of which a request of m new tokens must give the first m
 (what generate(max_new_tokens=m) gives: a step never looks ahead), or its tokens up to an EOS.
@@ -148,6 +148,30 @@ def test_requests_join_while_others_decode(model, cases):
         engine.close()
 
 
+def test_steps_run_over_the_rows_in_use_and_rows_move_down_when_others_leave(model, cases):
+    """A lone request steps over one row; three requests over all three, and when the first leaves,
+    the third (the longest) moves down into its row so that steps run over two rows, then one;
+    every answer is still generate's."""
+    engine = make_engine(model)
+    try:
+        alone = Collector()
+        engine.submit(cases[0][0], alone)
+        assert_answers([alone], cases[:1])
+        assert set(engine.steps_by_rows) == {1} and engine.moves == 0
+        engine.steps_by_rows.clear()
+        three = sorted(cases[:4], key=lambda case: len(case[1]))[1:]  # shortest first
+        lengths = [len(expected) for _, expected, _ in three]
+        assert lengths[0] < lengths[1] < lengths[2] - 2  # they leave in order; the last decodes alone a while
+        collectors = [Collector() for _ in three]
+        for collector, (request, _, _) in zip(collectors, three):
+            engine.submit(request, collector)
+        assert_answers(collectors, three)
+        assert engine.moves == 1  # row 2 to row 0 when row 0 left
+        assert set(engine.steps_by_rows) == {1, 2, ROWS}
+    finally:
+        engine.close()
+
+
 def test_cancel_frees_the_row_and_the_others_finish(model, cases):
     engine = make_engine(model)
     try:
@@ -233,16 +257,17 @@ def test_close_ends_pending_requests_as_cancelled(model, cases):
     del late
 
 
-def test_programs_update_the_cache_in_place(model):
-    """`step` and `admit` alias the donated cache to their output, and `step` writes no array the
-    size of the cache but in place (as generation's decode loop)."""
+@pytest.mark.parametrize("rows", [1, ROWS])
+def test_programs_update_the_cache_in_place(model, rows):
+    """`step` (over the first row or all) and `admit` alias the donated cache to their output, and
+    `step` writes no array the size of the cache but in place (as generation's decode loop)."""
     state = slots.Slots.empty(model, ROWS, COLUMNS)
     cache_bytes = state.cache.keys.nbytes + state.cache.values.nbytes
     ids = np.ones((1, PAD_TO), np.int32)
     admit = slots.admit.lower(model.graphdef, model.state, state, np.int32(1), ids, ids, None, None,
                               jax.random.key(0), np.float32(0), np.float32(1)).compile()
     assert admit.memory_analysis().alias_size_in_bytes >= cache_bytes
-    compiled = slots.step.lower(model.graphdef, model.state, state).compile()
+    compiled = slots.step.lower(model.graphdef, model.state, state, rows).compile()
     assert compiled.memory_analysis().alias_size_in_bytes >= cache_bytes
     whole = state.cache.keys.size
     written = [(name, op) for name, op, n in top_level_arrays(compiled.as_text()) if n == whole

@@ -303,7 +303,7 @@ MESH_SCRIPT = textwrap.dedent("""
         engine.submit(Request(prompt, max_new_tokens=16),
                       lambda event, a=answer, f=finished: f.set() if event.token is None else a.append(event.token))
     assert all(finished.wait(120) for finished in done)
-    assert engine._slots.cache.keys.sharding.spec == P(None, ("data", "fsdp"), None, "tensor")
+    assert engine._slots.cache.keys.sharding.spec == P(None, ("data", "fsdp"), "tensor")
     engine.close()
     assert answers == expected and expected[0] != expected[1] and min(map(len, expected)) >= 8, (answers, expected)
     print("OK")

@@ -41,7 +41,7 @@ class LlamaAttention(nnx.Module):
         if cache is None:
             return self.o(causal_attention(q, k, v, mask)), None
         keys, values = kv_cache.write(cache, (k[None], v[None]), layer, slot)
-        out = masked_attention(q, keys[layer], values[layer], mask)
+        out = masked_attention(q, keys[layer].swapaxes(1, 2), values[layer].swapaxes(1, 2), mask)
         return self.o(out), (keys, values)
 
     def project(self, x, cos, sin):
@@ -50,7 +50,7 @@ class LlamaAttention(nnx.Module):
 
     def one_token(self, x, cos, sin, keys, values, earlier):
         """Decoding: x (batch, 1, embed) attends to itself and to this layer's cached `keys`/`values`
-        (batch, slots, kv_heads, head_dim) where `earlier` (batch, slots); returns the output and
+        (batch, kv_heads, slots, head_dim) where `earlier` (batch, slots); returns the output and
         x's (k, v), for the caller to write into the cache."""
         q, k, v = self.project(x, cos, sin)
         return self.o(kv_cache.attend_one_token(q, k, v, keys, values, earlier)), (k, v)

@@ -40,7 +40,7 @@ from vllava_jax.sharding import constrain
 class Slots(NamedTuple):
     """Everything the engine keeps on the device, one entry per row where it has a leading axis."""
 
-    cache: KVCache           # (layers, rows, columns, kv_heads, head_dim); valid (rows, columns)
+    cache: KVCache           # (layers, rows, kv_heads, columns, head_dim); valid (rows, columns)
     last: jax.Array          # (rows,) int32 the last chosen token: the next step's input
     positions: jax.Array     # (rows,) int32 its position
     keys: jax.Array          # (rows,) PRNG keys, advanced once per step as generation's one key is
@@ -69,7 +69,7 @@ class Slots(NamedTuple):
         """The state pinned to one placement on the current mesh (rows over the batch axes, kv heads
         over tensor; nothing without a mesh), the same on the way out of every program."""
         rows = functools.partial(constrain, names=("batch",))
-        cache = KVCache(*(constrain(x, ("layers", "batch", "length", "kv_heads", "head_dim"))
+        cache = KVCache(*(constrain(x, ("layers", "batch", "kv_heads", "length", "head_dim"))
                           for x in (self.cache.keys, self.cache.values)), constrain(self.cache.valid, ("batch", "length")))
         return Slots(cache, rows(self.last), rows(self.positions), rows(self.keys), rows(self.temperature),
                      rows(self.top_p), self.head)
@@ -101,8 +101,9 @@ def admit(graphdef, state, slots: Slots, row, input_ids, attention_mask, images,
     columns = slots.cache.valid.shape[1]
     # padding is not written: its target is out of range and dropped
     target = jnp.where(attention_mask[0] > 0, (slots.head - length + jnp.arange(length)) % columns, columns)
-    keys = slots.cache.keys.at[:, row, target].set(prompt.keys[:, 0], mode="drop")
-    values = slots.cache.values.at[:, row, target].set(prompt.values[:, 0], mode="drop")
+    # [:, row, :, target] puts its two indexed axes first: (length, layers, kv_heads, head_dim)
+    keys, values = (mine.at[:, row, :, target].set(jnp.moveaxis(theirs[:, 0], 2, 0), mode="drop")
+                    for mine, theirs in ((slots.cache.keys, prompt.keys), (slots.cache.values, prompt.values)))
     valid = slots.cache.valid.at[row].set(jnp.zeros((columns,), bool).at[target].set(True, mode="drop"))
     return slots._replace(cache=KVCache(keys, values, valid), last=slots.last.at[row].set(first[0]),
                           positions=slots.positions.at[row].set(positions[0]), keys=slots.keys.at[row].set(key),

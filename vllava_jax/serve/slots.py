@@ -78,13 +78,22 @@ class Slots(NamedTuple):
 def choose_per_row(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
     """(rows, vocab) logits -> (rows,) tokens, each row with its own key, temperature and top-p:
     what `generation.choose_tokens` picks for that row alone (greedy rows by argmax of the logits as
-    they are; the others in float32, temperature then top-p, one categorical draw per row)."""
+    they are; the others in float32, temperature then top-p, one categorical draw per row).
+
+    The draw (and the top-p sort over the vocabulary) runs only when some row samples (some row
+    has a top-p below 1): it costs more per row than a small model's decode step."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     sampling = temperature > 0
-    scaled = logits.astype(jnp.float32) / jnp.where(sampling, temperature, 1.0)[:, None]
-    filtered = jnp.where((top_p < 1.0)[:, None], generation.nucleus(scaled, top_p[:, None]), scaled)
-    drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row[None], axis=-1)[0])(keys, filtered)
-    return jnp.where(sampling, drawn.astype(jnp.int32), greedy)
+
+    def draw():
+        scaled = logits.astype(jnp.float32) / jnp.where(sampling, temperature, 1.0)[:, None]
+        nucleus = (top_p < 1.0) & sampling
+        filtered = jax.lax.cond(jnp.any(nucleus), lambda: jnp.where(
+            nucleus[:, None], generation.nucleus(scaled, top_p[:, None]), scaled), lambda: scaled)
+        drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row[None], axis=-1)[0])(keys, filtered)
+        return jnp.where(sampling, drawn.astype(jnp.int32), greedy)
+
+    return jax.lax.cond(jnp.any(sampling), draw, lambda: greedy)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)

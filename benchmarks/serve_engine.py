@@ -8,7 +8,9 @@ each request a different question after the same 8-frame clip, whose features ar
 request's cost is its decoder prefill and its decode steps). "1 at a time" submits --sequential
 requests, each when the previous one has finished; a round of N clients submits N requests at
 once (as benchmarks/serve.py); tokens/s = requests x new tokens / wall time. The engine has
-max(--clients) rows throughout. Programs are compiled by a warm-up round first.
+max(--clients) rows throughout, and steps over the rows in use (rounded up to a power of two), so
+"1 at a time" runs as fast as the engine runs one request. Programs are compiled by a warm-up
+round first.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def requests(count: int, new_tokens: int, image_size: int, question_tokens: int)
     return made
 
 
-def run(engine: Engine, work: list[Request], clients: int) -> float:
-    """Seconds to answer every request of `work`, `clients` submitted at once (1: one after another)."""
+def run(engine: Engine, work: list[Request], clients: int) -> tuple[float, str]:
+    """Seconds to answer every request of `work`, `clients` submitted at once (1: one after another),
+    and the decode steps it took per step program's row count ("rows x steps")."""
+    engine.steps_by_rows.clear()
     start = time.perf_counter()
     for first in range(0, len(work), clients):
         done = [threading.Event() for _ in work[first: first + clients]]
@@ -47,7 +51,8 @@ def run(engine: Engine, work: list[Request], clients: int) -> float:
             engine.submit(request, lambda event, finished=finished: event.token is None and finished.set())
         for finished in done:
             finished.wait()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return seconds, " ".join(f"{rows}x{steps}" for rows, steps in sorted(engine.steps_by_rows.items()))
 
 
 def main() -> None:
@@ -67,20 +72,22 @@ def main() -> None:
     engine = Engine(model, max_batch=rows, max_length=args.max_length)
     engine.start()
     work = requests(rows, args.new_tokens, args.image_size, args.question_tokens)
-    run(engine, work[:1], 1)  # compiles, caches the clip's features
-    figures = [(1, args.sequential, run(engine, work[: args.sequential], 1))]
-    figures += [(clients, clients, run(engine, work[:clients], clients)) for clients in args.clients]
+    # compiles the step of every row count (newcomers join a busy engine one per step, and each stays
+    # until the last has joined), caches the clip's features
+    run(engine, [dataclasses.replace(request, max_new_tokens=rows + 1) for request in work], rows)
+    figures = [(1, args.sequential, *run(engine, work[: args.sequential], 1))]
+    figures += [(clients, clients, *run(engine, work[:clients], clients)) for clients in args.clients]
     engine.close()
 
     print(f"float32, CPU, {os.cpu_count()} cores, small config, prompt {len(work[0].prompt_ids)} tokens "
           f"(8 frames at {args.image_size}px, features cached), {args.new_tokens} new tokens, max_batch {rows}, "
           f"max_length {args.max_length}")
-    print("| clients | requests | seconds | tokens/s | vs 1 at a time |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| clients | requests | seconds | tokens/s | vs 1 at a time | decode steps (rows x steps) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     sequential = args.sequential * args.new_tokens / figures[0][2]
-    for clients, count, seconds in figures:
+    for clients, count, seconds, steps in figures:
         rate = count * args.new_tokens / seconds
-        print(f"| {clients} | {count} | {seconds:.2f} | {rate:.1f} | {rate / sequential:.2f} |")
+        print(f"| {clients} | {count} | {seconds:.2f} | {rate:.1f} | {rate / sequential:.2f} | {steps} |")
 
 
 if __name__ == "__main__":

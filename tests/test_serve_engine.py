@@ -1,7 +1,7 @@
 """The serving engine against `generation.generate` of each prompt alone, on a tiny random model.
 
-One engine shape for every test (3 rows of 56 columns, prompts padded to 32), so its two programs
-compile once: 6 requests of 12-34 prompt tokens and 16-40 new tokens overflow the 3 rows (queueing,
+One engine shape for every test (3 rows of 56 columns, prompts padded to 32), so its programs
+compile once (a step program per row count 1, 2, 3): 6 requests of 12-34 prompt tokens and 16-40 new tokens overflow the 3 rows (queueing,
 rows reused) and run the shared head around the 56 columns more than once (ring buffer). The
 oracle is `generate` with 40 new tokens, of which a request of m new tokens must give the first m
 (what generate(max_new_tokens=m) gives: a step never looks ahead), or its tokens up to an EOS.
@@ -9,6 +9,7 @@ oracle is `generate` with 40 new tokens, of which a request of m new tokens must
 
 from __future__ import annotations
 
+import textwrap
 import threading
 import time
 
@@ -19,6 +20,7 @@ import pytest
 import vllava_jax
 from tests import oracle
 from tests.test_generation import top_level_arrays
+from tests.test_sharding import run_on_8_devices
 from vllava_jax import generation
 from vllava_jax.errors import InputError
 from vllava_jax.serve import slots
@@ -128,16 +130,44 @@ def test_requests_join_while_others_decode(model, cases):
     engine = make_engine(model)
     try:
         early, later = cases[1:3], cases[3:] + cases[:1]  # the early ones decode 40 and 30 tokens
-        joined = threading.Event()
-        first = [Collector(on_token=lambda c: len(c.tokens) == 5 and joined.set()) for _ in early]
+        then = [Collector() for _ in later]
+        early_done_at_join = []
+
+        def join(collector):  # on the engine thread, at the early request's 5th token
+            if len(collector.tokens) == 5:
+                early_done_at_join.extend(c.done.is_set() for c in first)
+                for joining, (request, _, _) in zip(then, later):
+                    engine.submit(request, joining)
+
+        first = [Collector(on_token=join), Collector()]
         for collector, (request, _, _) in zip(first, early):
             engine.submit(request, collector)
-        assert joined.wait(60)
-        then = [Collector() for _ in later]
-        for collector, (request, _, _) in zip(then, later):
-            engine.submit(request, collector)
-        assert not any(c.done.is_set() for c in first)
         assert_answers(first + then, early + later)
+        assert early_done_at_join == [False, False]
+    finally:
+        engine.close()
+
+
+def test_steps_run_over_the_rows_in_use_and_rows_move_down_when_others_leave(model, cases):
+    """A lone request steps over one row; three requests over all three, and when the first leaves,
+    the third (the longest) moves down into its row so that steps run over two rows, then one;
+    every answer is still generate's."""
+    engine = make_engine(model)
+    try:
+        alone = Collector()
+        engine.submit(cases[0][0], alone)
+        assert_answers([alone], cases[:1])
+        assert set(engine.steps_by_rows) == {1} and engine.moves == 0
+        engine.steps_by_rows.clear()
+        three = sorted(cases[:4], key=lambda case: len(case[1]))[1:]  # shortest first
+        lengths = [len(expected) for _, expected, _ in three]
+        assert lengths[0] < lengths[1] < lengths[2] - 2  # they leave in order; the last decodes alone a while
+        collectors = [Collector() for _ in three]
+        for collector, (request, _, _) in zip(collectors, three):
+            engine.submit(request, collector)
+        assert_answers(collectors, three)
+        assert engine.moves == 1  # row 2 to row 0 when row 0 left
+        assert set(engine.steps_by_rows) == {1, 2, ROWS}
     finally:
         engine.close()
 
@@ -227,14 +257,59 @@ def test_close_ends_pending_requests_as_cancelled(model, cases):
     del late
 
 
-def test_step_updates_the_cache_in_place(model):
-    """The step program aliases the donated cache to its output and writes no array the size of the
-    cache but in place (as generation's decode loop)."""
+@pytest.mark.parametrize("rows", [1, ROWS])
+def test_programs_update_the_cache_in_place(model, rows):
+    """`step` (over the first row or all) and `admit` alias the donated cache to their output, and
+    `step` writes no array the size of the cache but in place (as generation's decode loop)."""
     state = slots.Slots.empty(model, ROWS, COLUMNS)
-    compiled = slots.step.lower(model.graphdef, model.state, state).compile()
     cache_bytes = state.cache.keys.nbytes + state.cache.values.nbytes
+    ids = np.ones((1, PAD_TO), np.int32)
+    admit = slots.admit.lower(model.graphdef, model.state, state, np.int32(1), ids, ids, None, None,
+                              jax.random.key(0), np.float32(0), np.float32(1)).compile()
+    assert admit.memory_analysis().alias_size_in_bytes >= cache_bytes
+    compiled = slots.step.lower(model.graphdef, model.state, state, rows).compile()
     assert compiled.memory_analysis().alias_size_in_bytes >= cache_bytes
     whole = state.cache.keys.size
     written = [(name, op) for name, op, n in top_level_arrays(compiled.as_text()) if n == whole
                and op not in ("parameter", "get-tuple-element", "bitcast") and "dynamic-update-slice" not in name]
     assert not written, f"whole-cache arrays written per step: {written}"
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import threading
+    import numpy as np
+    import vllava_jax
+    from jax.sharding import PartitionSpec as P
+    from tests import oracle
+    from vllava_jax import generation
+    from vllava_jax.serve.engine import Engine, Request
+    from vllava_jax.sharding import make_mesh, shard_state
+
+    config = vllava_jax.VideoLlavaConfig.from_hf_dict(oracle.hf_config().to_dict())
+    model = vllava_jax.VideoLlava.random(config, dtype="bfloat16", seed=1)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    model.state, model.mesh = shard_state(model.state, mesh), mesh
+    rng = np.random.default_rng(0)
+    prompts = [oracle.make_ids(rng, [n]).astype(np.int32) for n in (5, 19)]
+    sampling = generation.sampling_config(model.config, 16)
+    expected = [[t for t in generation.generate(model, p[None], sampling=sampling, pad_to_multiple=32)[0, len(p):]
+                 if t not in sampling.eos_token_ids] for p in prompts]
+    engine = Engine(model, max_batch=4, max_length=48, pad_to_multiple=32)
+    engine.start()
+    answers, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
+    for answer, finished, prompt in zip(answers, done, prompts):
+        engine.submit(Request(prompt, max_new_tokens=16),
+                      lambda event, a=answer, f=finished: f.set() if event.token is None else a.append(event.token))
+    assert all(finished.wait(120) for finished in done)
+    assert engine._slots.cache.keys.sharding.spec == P(None, ("data", "fsdp"), "tensor")
+    engine.close()
+    assert answers == expected and expected[0] != expected[1] and min(map(len, expected)) >= 8, (answers, expected)
+    print("OK")
+""")
+
+
+def test_bfloat16_model_on_a_mesh():
+    """Rows split over data x fsdp and kv heads over tensor, answers still generate's."""
+    run_on_8_devices(MESH_SCRIPT)

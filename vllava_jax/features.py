@@ -68,6 +68,7 @@ class FeatureCache:
 
     def key(self, kind: str, path: str) -> str:
         """The cache key of a media file: its content, its kind and the preprocessing fingerprint."""
+        self._key(kind, "")  # a bad kind is refused before the file is read
         stat = os.stat(path)
         memo = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
         if memo not in self._digests:

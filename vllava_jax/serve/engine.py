@@ -5,7 +5,13 @@ until a row is free, is admitted between two steps (visual features from the Fea
 towers only for media it has not seen, then its prompt alone, as `generation.generate` runs it),
 then decodes one token per step beside whatever else is in flight, and leaves when it chose an EOS,
 reached its max_new_tokens or was cancelled; its row goes to the next in the queue. No request
-waits for another to finish.
+waits for another to finish. The rows in use are kept at the front (a newcomer takes the lowest
+free row; when requests leave, the highest rows move down as far as the next power of two of the
+count needs) and each step runs over that power of two only, so light load decodes about as fast
+as an engine of that many rows would. Newcomers join an idle engine all at once and a busy one one per
+step, so running streams keep flowing through a burst of arrivals. Only the engine thread touches
+the device state and the FeatureCache (other threads submit, cancel, and compute media keys with
+`FeatureCache.bytes_key`).
 
 Steps are dispatched one ahead of the host: step t+1 is queued before step t's tokens are read,
 so the device does not wait for the host between steps. The price is that a row that chose an
@@ -89,8 +95,9 @@ class Engine:
                  feature_cache: FeatureCache | None = None, pad_to_multiple: int = 64):
         """`max_batch` requests decode at once, each in a row of `max_length` cache columns (prompt +
         new tokens; default and at most the model's context). Memory: 2 x layers x max_batch x
-        max_length x kv_heads x head_dim values, and every step reads all of it, so a
-        max_length well below the context makes steps cheaper where prompts are short."""
+        max_length x kv_heads x head_dim values; a step reads every column of the rows it runs
+        (the rows in use, rounded up to a power of two), so a max_length well below the context
+        makes steps cheaper where prompts are short."""
         self.model = model
         self.context = model.config.text_config.max_position_embeddings
         self.max_length = self.context if max_length is None else max_length
@@ -112,6 +119,8 @@ class Engine:
         self._in_flight: collections.deque[tuple[jax.Array, list[tuple[int, _Job]]]] = collections.deque()
         self._slots: slots.Slots | None = None
         self.steps = 0  # decode steps dispatched (each one token for every row in use)
+        self.steps_by_rows: collections.Counter[int] = collections.Counter()  # steps per program's row count
+        self.moves = 0  # rows moved down to keep the rows in use at the front
 
     @property
     def rows_in_use(self) -> int:
@@ -191,6 +200,7 @@ class Engine:
                 self._arrivals.clear()
             try:
                 self._end_cancelled()
+                self._compact()
                 self._admit()
                 stepped = self._step()
                 self._read(keep=1 if stepped else 0)
@@ -209,6 +219,26 @@ class Engine:
             if job is not None and job.cancelled and not job.finished:
                 self._finish(job, "cancelled")
         self._queue = collections.deque(job for job in self._queue if not job.finished)
+
+    def _bucket(self, rows: int) -> int:
+        """The row count of the step program that runs `rows` rows: the next power of two, at most
+        max_batch (a program per power of two: few compilations, at most 2x the rows needed)."""
+        return min(1 << (rows - 1).bit_length(), self.max_batch)
+
+    def _compact(self) -> None:
+        """Move the highest rows in use into the lowest free ones until every row in use lies within
+        the bucket of their count, so that steps run over that bucket only. A newcomer takes the
+        lowest free row, so rows move only when requests leave, one row's cache copy each, and not
+        for every departure: only when the count falls into a smaller bucket."""
+        used = [row for row, job in enumerate(self._rows) if job is not None]
+        limit = self._bucket(len(used)) if used else 0
+        while used and used[-1] >= limit:  # a moved row lands below the limit: only the rows left are checked
+            source, target = used.pop(), self._rows.index(None)
+            with self._device():
+                self._slots = slots.move(self._slots, np.int32(source), np.int32(target))
+            job = self._rows[source]
+            self._rows[source], self._rows[target], job.row = None, job, target
+            self.moves += 1
 
     def _admit(self) -> None:
         """Admit queued requests into free rows: towers for unseen media, then each prompt alone.
@@ -258,14 +288,17 @@ class Engine:
         return jnp.concatenate([found[m.key] for m in media], axis=0)
 
     def _step(self) -> bool:
-        """Queue one decode step for every row still owed tokens; False when there is none."""
+        """Queue one decode step over the rows up to the last one still owed tokens (the bucket of
+        that row count); False when no row is owed one."""
         live = [(row, job) for row, job in enumerate(self._rows)
                 if job is not None and job.dispatched < job.request.max_new_tokens]
         if not live:
             return False
+        rows = self._bucket(live[-1][0] + 1)
         with self._device():
-            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots)
+            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, rows)
         self.steps += 1
+        self.steps_by_rows[tokens.shape[0]] += 1
         for _, job in live:
             job.dispatched += 1
         self._in_flight.append((tokens, live))

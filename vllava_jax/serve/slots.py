@@ -1,4 +1,5 @@
-"""The serving engine's device state and its two compiled programs: admit a request into a row, step every row.
+"""The serving engine's device state and its compiled programs: admit a request into a row, step the rows in use,
+move a row.
 
 The KV cache has one row per request in flight (`rows`) and `columns` columns per row. All rows
 write the column under one shared head, which advances by one each step and wraps around (a ring
@@ -10,15 +11,16 @@ behind the head, so its first decode step writes at the head like everyone else'
 `n` prompt tokens and `m` new tokens holds at most n + m - 1 columns of its row, so with
 n + m <= columns the head never comes back to its prompt before it finishes.
 
-Both programs take the state donated and update the cache in place (no copy per step). `step`
-is compiled once; `admit` once per padded prompt length (prompts are padded to the engine's
-`pad_to_multiple`) and per media shape.
+A step decodes the first `rows` rows only (free ones among them included: their tokens are
+ignored), reading and writing those rows of the whole cache in place, so a lone request pays for
+one row, not for every row the engine could hold. The engine keeps the rows in use at the front
+(`move` copies a row down when others leave) and steps over the next power of two of the rows it
+needs (capped at its row count): a step program per such count, compiled the first time it runs;
+no host input per step besides that count.
 
-Every step decodes all rows, free ones included: one program, no host input per step, and a
-full batch costs little more than one request on a memory-bound chip. The price is paid by a
-lone request, which reads the whole cache each step (on a CPU, 16 rows x 640 columns of the
-small config step about 9x slower than one row); steps over the used rows only (a program per
-power-of-two row count) would be the way to make light load faster.
+All three programs take the state donated and update the cache in place (no copy per step).
+`admit` is compiled once per padded prompt length (prompts are padded to the engine's
+`pad_to_multiple`) and per media shape.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from vllava_jax.sharding import constrain
 class Slots(NamedTuple):
     """Everything the engine keeps on the device, one entry per row where it has a leading axis."""
 
-    cache: KVCache           # (layers, rows, columns, kv_heads, head_dim); valid (rows, columns)
+    cache: KVCache           # (layers, rows, kv_heads, columns, head_dim); valid (rows, columns)
     last: jax.Array          # (rows,) int32 the last chosen token: the next step's input
     positions: jax.Array     # (rows,) int32 its position
     keys: jax.Array          # (rows,) PRNG keys, advanced once per step as generation's one key is
@@ -67,7 +69,7 @@ class Slots(NamedTuple):
         """The state pinned to one placement on the current mesh (rows over the batch axes, kv heads
         over tensor; nothing without a mesh), the same on the way out of every program."""
         rows = functools.partial(constrain, names=("batch",))
-        cache = KVCache(*(constrain(x, ("layers", "batch", "length", "kv_heads", "head_dim"))
+        cache = KVCache(*(constrain(x, ("layers", "batch", "kv_heads", "length", "head_dim"))
                           for x in (self.cache.keys, self.cache.values)), constrain(self.cache.valid, ("batch", "length")))
         return Slots(cache, rows(self.last), rows(self.positions), rows(self.keys), rows(self.temperature),
                      rows(self.top_p), self.head)
@@ -76,13 +78,22 @@ class Slots(NamedTuple):
 def choose_per_row(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
     """(rows, vocab) logits -> (rows,) tokens, each row with its own key, temperature and top-p:
     what `generation.choose_tokens` picks for that row alone (greedy rows by argmax of the logits as
-    they are; the others in float32, temperature then top-p, one categorical draw per row)."""
+    they are; the others in float32, temperature then top-p, one categorical draw per row).
+
+    The draw (and the top-p sort over the vocabulary) runs only when some row samples (some row
+    has a top-p below 1): it costs more per row than a small model's decode step."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     sampling = temperature > 0
-    scaled = logits.astype(jnp.float32) / jnp.where(sampling, temperature, 1.0)[:, None]
-    filtered = jnp.where((top_p < 1.0)[:, None], generation.nucleus(scaled, top_p[:, None]), scaled)
-    drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row[None], axis=-1)[0])(keys, filtered)
-    return jnp.where(sampling, drawn.astype(jnp.int32), greedy)
+
+    def draw():
+        scaled = logits.astype(jnp.float32) / jnp.where(sampling, temperature, 1.0)[:, None]
+        nucleus = (top_p < 1.0) & sampling
+        filtered = jax.lax.cond(jnp.any(nucleus), lambda: jnp.where(
+            nucleus[:, None], generation.nucleus(scaled, top_p[:, None]), scaled), lambda: scaled)
+        drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row[None], axis=-1)[0])(keys, filtered)
+        return jnp.where(sampling, drawn.astype(jnp.int32), greedy)
+
+    return jax.lax.cond(jnp.any(sampling), draw, lambda: greedy)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
@@ -99,8 +110,9 @@ def admit(graphdef, state, slots: Slots, row, input_ids, attention_mask, images,
     columns = slots.cache.valid.shape[1]
     # padding is not written: its target is out of range and dropped
     target = jnp.where(attention_mask[0] > 0, (slots.head - length + jnp.arange(length)) % columns, columns)
-    keys = slots.cache.keys.at[:, row, target].set(prompt.keys[:, 0], mode="drop")
-    values = slots.cache.values.at[:, row, target].set(prompt.values[:, 0], mode="drop")
+    # [:, row, :, target] puts its two indexed axes first: (length, layers, kv_heads, head_dim)
+    keys, values = (mine.at[:, row, :, target].set(jnp.moveaxis(theirs[:, 0], 2, 0), mode="drop")
+                    for mine, theirs in ((slots.cache.keys, prompt.keys), (slots.cache.values, prompt.values)))
     valid = slots.cache.valid.at[row].set(jnp.zeros((columns,), bool).at[target].set(True, mode="drop"))
     return slots._replace(cache=KVCache(keys, values, valid), last=slots.last.at[row].set(first[0]),
                           positions=slots.positions.at[row].set(positions[0]), keys=slots.keys.at[row].set(key),
@@ -108,16 +120,35 @@ def admit(graphdef, state, slots: Slots, row, input_ids, attention_mask, images,
                           top_p=slots.top_p.at[row].set(top_p)).placed(), first
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def step(graphdef, state, slots: Slots) -> tuple[Slots, jax.Array]:
-    """One token for every row, whether or not a request holds it: the engine ignores the tokens
-    of free rows, and `admit` resets every column of the row it fills, so what a free row writes
-    is never read. Returns the state and the chosen tokens (rows,)."""
+@functools.partial(jax.jit, static_argnums=(0, 3), donate_argnums=2)
+def step(graphdef, state, slots: Slots, rows: int) -> tuple[Slots, jax.Array]:
+    """One token for each of the first `rows` rows, whether or not a request holds it: the engine
+    ignores the tokens of free rows, and `admit` resets every column of the row it fills, so what
+    a free row writes is never read. Rows past `rows` are neither read nor written (their columns
+    at the head keep what they held: the rows are free or their requests have all their tokens).
+    Returns the state and the chosen tokens (rows,)."""
     lm = nnx.merge(graphdef, state).language_model
-    rows = slots.last.shape[0]
-    hidden, cache = lm.cached(lm.embed(slots.last[:, None]), slots.positions[:, None], jnp.ones((rows, 1), bool),
-                              slots.cache, slots.head)
-    keys, sub = jnp.unstack(jax.vmap(jax.random.split)(slots.keys), axis=1)
-    tokens = choose_per_row(lm.logits(hidden), sub, slots.temperature, slots.top_p)
+    last, positions, keys, temperature, top_p = (x[:rows] for x in (slots.last, slots.positions, slots.keys,
+                                                                     slots.temperature, slots.top_p))
+    # the cache goes in whole: the decoder reads and writes its first `rows` rows in place
+    hidden, cache = lm.cached(lm.embed(last[:, None]), positions[:, None], jnp.ones((rows, 1), bool), slots.cache,
+                              slots.head)
+    keys, sub = jnp.unstack(jax.vmap(jax.random.split)(keys), axis=1)
+    tokens = choose_per_row(lm.logits(hidden), sub, temperature, top_p)
     head = (slots.head + 1) % cache.valid.shape[1]
-    return slots._replace(cache=cache, last=tokens, positions=slots.positions + 1, keys=keys, head=head).placed(), tokens
+    return slots._replace(cache=cache, last=slots.last.at[:rows].set(tokens),
+                          positions=slots.positions.at[:rows].add(1), keys=slots.keys.at[:rows].set(keys),
+                          head=head).placed(), tokens
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def move(slots: Slots, source, target) -> Slots:
+    """The state with row `source` (its columns, token, position, key and sampling values) copied
+    to row `target`: how the engine keeps the rows in use at the front, so that steps run over
+    few rows. Copies one row of the cache, in place."""
+    def row(x, axis=0):
+        return x.at[(slice(None),) * axis + (target,)].set(x[(slice(None),) * axis + (source,)])
+
+    cache = KVCache(row(slots.cache.keys, 1), row(slots.cache.values, 1), row(slots.cache.valid))
+    return slots._replace(cache=cache, last=row(slots.last), positions=row(slots.positions), keys=row(slots.keys),
+                          temperature=row(slots.temperature), top_p=row(slots.top_p)).placed()

@@ -123,7 +123,8 @@ def main() -> None:
         log = open(os.path.join(tmp, "server.log"), "w")
         server, url = start_server(model_dir, root, max(args.clients), args.max_length, log)
         try:
-            round_rate(url, clip, 2, args.new_tokens, True)  # warm-up: compiles, computes the clip's features
+            # warm-up: compiles the step program of every row count, computes the clip's features
+            round_rate(url, clip, max(args.clients), args.new_tokens, True)
             rates: dict[int, list[float]] = {c: [] for c in [0, *args.clients]}  # 0: one client at a time
             for run in range(args.runs):
                 rates[0].append(round_rate(url, clip, args.sequential, args.new_tokens, False))

@@ -35,6 +35,8 @@ def test_features_in_place_of_pixels_and_keys_by_content(model, tmp_path, rng):
     cache = FeatureCache(ours)
     keys = [cache.key("image", str(tmp_path / n)) for n in ("a.npy", "b.npy", "a_copy.npy")]
     assert keys[0] == keys[2] != keys[1]                        # content, not name
+    assert cache.bytes_key("image", (tmp_path / "a.npy").read_bytes()) == keys[0]  # an upload of the same bytes
+    assert cache.bytes_key("video", (tmp_path / "a.npy").read_bytes()) != keys[0]
     cache.add("image", keys[:2], pixels)
     assert cache.tower_runs == 2 and keys[2] in cache
 

@@ -5,6 +5,8 @@ same upload again; running the CLIP tower and projector once per medium instead 
 question is the cheap half of a prefill saved. Entries are keyed by the SHA-256 of the file's
 bytes plus the media kind and the preprocessing that shapes the pixels (`fingerprint`), so a
 renamed copy hits and an edited file misses; a file's hash is remembered per (path, size, mtime).
+Media that arrive as bytes (a server's `data:` URLs) get the same key from `bytes_key`, so an
+upload and the file it came from share one entry.
 Entries are the projected features, (tokens, embed) on the device, evicted least recently used
 once their bytes exceed `max_bytes` (default 1 GiB: about 60 bfloat16 8-frame videos of the 7B, a
 budget a 16 GiB chip holding the bfloat16 7B can spare).
@@ -26,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vllava_jax.sharding import mesh_context
+
 KINDS = ("image", "video")
 
 
@@ -34,6 +38,10 @@ def _project(graphdef, state, pixels, kind: str):
     """(N, ...) pixels -> (N, tokens, embed) projected features, one tower call for the batch."""
     model = nnx.merge(graphdef, state)
     return model.video_features(pixels) if kind == "video" else model.image_features(pixels)
+
+
+def bytes_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_digest(path: str) -> str:
@@ -45,7 +53,11 @@ def file_digest(path: str) -> str:
 
 
 class FeatureCache:
-    """Per-medium projected features for one model; `tower_runs` counts media sent through a tower."""
+    """Per-medium projected features for one model; `tower_runs` counts media sent through a tower.
+
+    Not thread-safe: one thread owns the entries (a server's engine thread). `bytes_key` reads
+    only the fingerprint and may be called from any thread.
+    """
 
     def __init__(self, model, fingerprint: str = "", max_bytes: int = 1 << 30):
         self.model, self.fingerprint, self.max_bytes = model, fingerprint, max_bytes
@@ -55,13 +67,21 @@ class FeatureCache:
 
     def key(self, kind: str, path: str) -> str:
         """The cache key of a media file: its content, its kind and the preprocessing fingerprint."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self._key(kind, "")  # a bad kind is refused before the file is read
         stat = os.stat(path)
         memo = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
         if memo not in self._digests:
             self._digests[memo] = file_digest(path)
-        return f"{kind}:{self.fingerprint}:{self._digests[memo]}"
+        return self._key(kind, self._digests[memo])
+
+    def bytes_key(self, kind: str, data: bytes) -> str:
+        """The cache key of a medium given as its file's bytes: the same key `key` gives that file."""
+        return self._key(kind, bytes_digest(data))
+
+    def _key(self, kind: str, digest: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        return f"{kind}:{self.fingerprint}:{digest}"
 
     def __contains__(self, key: str) -> bool:
         """Whether `key` is cached; a found entry counts as just used, so the batch that asked keeps it."""
@@ -81,7 +101,7 @@ class FeatureCache:
             raise ValueError(f"{len(keys)} keys for {len(pixels)} media")
         if not keys:
             return
-        with jax.default_matmul_precision(self.model.policy.matmul_precision):
+        with mesh_context(self.model.mesh), jax.default_matmul_precision(self.model.policy.matmul_precision):
             features = _project(self.model.graphdef, self.model.state, jnp.asarray(pixels), kind)
         self.tower_runs += len(keys)
         for key, entry in zip(keys, features):

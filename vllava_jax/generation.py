@@ -60,13 +60,19 @@ def choose_tokens(logits: jax.Array, key: jax.Array, sampling: SamplingConfig) -
         kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if sampling.top_p < 1.0:
-        ascending = jnp.sort(logits, axis=-1)
-        cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
-        removed = cumulative <= 1.0 - sampling.top_p
-        removed = removed.at[:, -1].set(False)  # always keep the most likely token
-        threshold = jnp.min(jnp.where(removed, jnp.inf, ascending), axis=-1, keepdims=True)
-        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+        logits = nucleus(logits, sampling.top_p)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def nucleus(logits: jax.Array, top_p) -> jax.Array:
+    """Top-p filtering of (batch, vocab) float32 logits: those outside the smallest set of most
+    likely tokens holding probability `top_p` (a float, or (batch, 1) per row) become -inf."""
+    ascending = jnp.sort(logits, axis=-1)
+    cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
+    removed = cumulative <= 1.0 - top_p
+    removed = removed.at[:, -1].set(False)  # always keep the most likely token
+    threshold = jnp.min(jnp.where(removed, jnp.inf, ascending), axis=-1, keepdims=True)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
 class Decoding(NamedTuple):
@@ -94,8 +100,9 @@ def _choose(logits, key, done, sampling: SamplingConfig):
     return tokens, done | jnp.isin(tokens, jnp.asarray(sampling.eos_token_ids, jnp.int32)), key
 
 
-def _prefill(model, input_ids, attention_mask, images, videos, slots: int):
-    """Towers + prompt through the decoder into a fresh cache; logits of the last prompt token."""
+def run_prompt(model, input_ids, attention_mask, images, videos, slots: int):
+    """Towers + prompt through the decoder into a fresh cache of `slots` slots (the prompt's first);
+    the logits of the last prompt token, the cache, the (batch,) positions of the next token."""
     embeds = model.embed_inputs(input_ids, images, videos)
     positions = positions_from_mask(attention_mask)
     cache = KVCache.empty(model.language_model.cfg, input_ids.shape[0], slots, embeds.dtype)
@@ -107,8 +114,8 @@ def _prefill(model, input_ids, attention_mask, images, videos, slots: int):
 def _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig):
     batch, length = input_ids.shape
     new = sampling.max_new_tokens
-    logits, cache, positions = _prefill(nnx.merge(graphdef, state), input_ids, attention_mask, images, videos,
-                                        length + new)
+    logits, cache, positions = run_prompt(nnx.merge(graphdef, state), input_ids, attention_mask, images, videos,
+                                          length + new)
     tokens = jnp.full((batch, new), sampling.pad_token_id, jnp.int32)
     first, done, key = _choose(logits, key, jnp.zeros((batch,), bool), sampling)
     if new == 0:

@@ -20,7 +20,11 @@ _MASKED = 0.7 * float(jnp.finfo(jnp.float32).min)
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer, (layers, batch, slots, kv_heads, head_dim), and which slots hold a token."""
+    """Keys and values of every layer, (layers, batch, kv_heads, slots, head_dim), and which slots hold a token.
+
+    Head-major (each head's slots contiguous): decode attention's two products then read a
+    layer's cache as it lies; with the slots before the heads, XLA's CPU backend made a
+    transposed copy of every layer's cache each step."""
 
     keys: jax.Array
     values: jax.Array
@@ -28,14 +32,15 @@ class KVCache(NamedTuple):
 
     @classmethod
     def empty(cls, cfg: TextConfig, batch: int, slots: int, dtype) -> KVCache:
-        shape = (cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, slots, cfg.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, slots), bool))
 
 
 def write(stacked: tuple[jax.Array, jax.Array], new: tuple[jax.Array, jax.Array], layer, slot) -> tuple[jax.Array, ...]:
-    """Keys and values (layers, batch, slots, ...) with the `new` ones (layers', batch, len, ...)
-    written at [layer:layer + layers', :, slot:slot + len]."""
-    return tuple(jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (layer, 0, slot, 0, 0))
+    """Keys and values (layers, batch, kv_heads, slots, head_dim) with the `new` ones (layers',
+    batch, len, kv_heads, head_dim: as the projections give them) written at [layer:layer + layers',
+    :, :, slot:slot + len]."""
+    return tuple(jax.lax.dynamic_update_slice(c, n.swapaxes(2, 3).astype(c.dtype), (layer, 0, 0, slot, 0))
                  for c, n in zip(stacked, new))
 
 
@@ -44,28 +49,28 @@ def attend_one_token(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array, 
     """Softmax attention of one new token per row over itself and a layer's cache.
 
     q, k, v (batch, 1, heads or kv_heads, head_dim) are the new token's; keys/values (batch,
-    slots, kv_heads, head_dim) the layer's cache *before* the token is written, so the reads
+    kv_heads, slots, head_dim) the layer's cache *before* the token is written, so the reads
     depend only on the loop's incoming buffer and the write can follow them in place (reading the
     written cache instead made XLA fuse the write into the read and copy the whole cache before
     every layer's write). `visible` (batch, slots) is True for the earlier tokens the query sees.
     Each kv head serves heads // kv_heads consecutive query heads (GQA, no repeated copy).
     Logits, softmax and the weighted sum run in float32 (as `jax.nn.dot_product_attention`);
-    the output, (batch, 1, heads, head_dim), is in q's dtype. The two products are einsums: on
-    XLA's CPU backend elementwise products and reductions read the cache without a transposed
-    copy but decoded 3-5x slower.
+    the output, (batch, 1, heads, head_dim), is in q's dtype. The two products are einsums
+    (batched over batch and kv heads, the cache's leading axes, so no operand is transposed): on
+    XLA's CPU backend elementwise products and reductions decoded 3-5x slower.
     """
     batch, _, heads, head_dim = q.shape
-    kv_heads = keys.shape[2]
+    kv_heads = keys.shape[1]
     f32 = jnp.float32
     scale = f32(1.0 / math.sqrt(head_dim))
     grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
     k, v = (x.reshape(batch, kv_heads, 1, head_dim) for x in (k, v))
-    cached = jnp.einsum("bkgd,bskd->bkgs", grouped, keys.astype(q.dtype), preferred_element_type=f32) * scale
+    cached = jnp.einsum("bkgd,bksd->bkgs", grouped, keys.astype(q.dtype), preferred_element_type=f32) * scale
     cached = jnp.where(visible[:, None, None, :], cached, _MASKED)
     own = jnp.sum(grouped.astype(f32) * k.astype(f32), axis=-1) * scale  # (batch, kv_heads, group)
     peak = jnp.maximum(jnp.max(cached, axis=-1), own)
     weights, own_weight = jnp.exp(cached - peak[..., None]), jnp.exp(own - peak)
     total = jnp.sum(weights, axis=-1) + own_weight
-    out = jnp.einsum("bkgs,bskd->bkgd", weights.astype(values.dtype), values, preferred_element_type=f32)
+    out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(values.dtype), values, preferred_element_type=f32)
     out = out + own_weight[..., None] * v.astype(f32)
     return (out / total[..., None]).reshape(batch, 1, heads, head_dim).astype(q.dtype)

@@ -41,7 +41,7 @@ class LlamaAttention(nnx.Module):
         if cache is None:
             return self.o(causal_attention(q, k, v, mask)), None
         keys, values = kv_cache.write(cache, (k[None], v[None]), layer, slot)
-        out = masked_attention(q, keys[layer], values[layer], mask)
+        out = masked_attention(q, keys[layer].swapaxes(1, 2), values[layer].swapaxes(1, 2), mask)
         return self.o(out), (keys, values)
 
     def project(self, x, cos, sin):
@@ -50,7 +50,7 @@ class LlamaAttention(nnx.Module):
 
     def one_token(self, x, cos, sin, keys, values, earlier):
         """Decoding: x (batch, 1, embed) attends to itself and to this layer's cached `keys`/`values`
-        (batch, slots, kv_heads, head_dim) where `earlier` (batch, slots); returns the output and
+        (batch, kv_heads, slots, head_dim) where `earlier` (batch, slots); returns the output and
         x's (k, v), for the caller to write into the cache."""
         q, k, v = self.project(x, cos, sin)
         return self.o(kv_cache.attend_one_token(q, k, v, keys, values, earlier)), (k, v)
@@ -169,12 +169,18 @@ class LlamaDecoder(nnx.Module):
         """`cached` for one token per row (decoding): every layer reads its cache as it came in
         (the slots valid so far are the earlier tokens) and the new keys and values of all layers
         are written after the last layer, so each write follows every read of what it overwrites
-        and XLA updates the cache in place with no copy (`kv_cache.attend_one_token`)."""
+        and XLA updates the cache in place with no copy (`kv_cache.attend_one_token`).
 
-        def body(layer: LlamaLayer, h, layer_cache):
-            return layer.one_token(h, cos, sin, *layer_cache, cache.valid)
+        The cache may hold more rows than the batch: the batch is its first rows, and the rows
+        past it are neither read nor written (the serving engine steps only the rows in use)."""
+        batch = h.shape[0]
 
-        h, new = scan_layers(self.layers, h, body, xs=(cache.keys, cache.values))
+        def body(layer: LlamaLayer, h, index):
+            keys, values = (jax.lax.dynamic_index_in_dim(c, index, keepdims=False)[:batch]
+                            for c in (cache.keys, cache.values))
+            return layer.one_token(h, cos, sin, keys, values, cache.valid[:batch])
+
+        h, new = scan_layers(self.layers, h, body, xs=jnp.arange(self.cfg.num_hidden_layers))
         keys, values = kv_cache.write((cache.keys, cache.values), new, 0, slot)
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, slot))
         return h[:, -1], KVCache(keys, values, valid)

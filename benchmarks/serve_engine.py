@@ -1,0 +1,94 @@
+"""Serving engine throughput: new tokens/s with N requests in flight against one request at a time.
+
+    python -m benchmarks.serve_engine [--clients 4 16] [--sequential 4] [--new-tokens 64] [--max-length 640]
+
+The engine alone (no HTTP; benchmarks/serve.py measures the server): the small config with
+random weights, float32, CPU, EOS disabled so every request decodes exactly --new-tokens;
+each request a different question after the same 8-frame clip, whose features are cached (so a
+request's cost is its decoder prefill and its decode steps). "1 at a time" submits --sequential
+requests, each when the previous one has finished; a round of N clients submits N requests at
+once (as benchmarks/serve.py); tokens/s = requests x new tokens / wall time. The engine has
+max(--clients) rows throughout, and steps over the rows in use (rounded up to a power of two), so
+"1 at a time" runs as fast as the engine runs one request. Programs are compiled by a warm-up
+round first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import threading
+import time
+
+import numpy as np
+
+import vllava_jax
+from benchmarks.common import VIDEO_TOKEN, small_config
+from vllava_jax.serve.engine import Engine, Medium, Request
+
+
+def requests(count: int, new_tokens: int, image_size: int, question_tokens: int) -> list[Request]:
+    rng = np.random.default_rng(0)
+    clip = Medium("video:bench:clip", rng.standard_normal((8, 3, image_size, image_size)).astype(np.float32))
+    per_video = 8 * ((image_size // 14) ** 2 + 1)
+    made = []
+    for _ in range(count):
+        ids = np.concatenate([rng.integers(3, VIDEO_TOKEN - 1, 5), np.full(per_video, VIDEO_TOKEN),
+                              rng.integers(3, VIDEO_TOKEN - 1, question_tokens)]).astype(np.int32)
+        made.append(Request(ids, videos=(clip,), max_new_tokens=new_tokens))
+    return made
+
+
+def run(engine: Engine, work: list[Request], clients: int) -> tuple[float, str]:
+    """Seconds to answer every request of `work`, `clients` submitted at once (1: one after another),
+    and the decode steps it took per step program's row count ("rows x steps")."""
+    engine.steps_by_rows.clear()
+    start = time.perf_counter()
+    for first in range(0, len(work), clients):
+        done = [threading.Event() for _ in work[first: first + clients]]
+        for request, finished in zip(work[first: first + clients], done):
+            engine.submit(request, lambda event, finished=finished: event.token is None and finished.set())
+        for finished in done:
+            finished.wait()
+    seconds = time.perf_counter() - start
+    return seconds, " ".join(f"{rows}x{steps}" for rows, steps in sorted(engine.steps_by_rows.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[4, 16], help="requests in flight at once")
+    parser.add_argument("--sequential", type=int, default=4, help="requests answered one at a time")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=112, help="frame size (224 is the real model's)")
+    parser.add_argument("--question-tokens", type=int, default=24)
+    parser.add_argument("--max-length", type=int, default=640, help="the engine's cache columns per row")
+    args = parser.parse_args()
+
+    config = vllava_jax.VideoLlavaConfig.from_hf_dict(small_config(args.image_size).to_dict())
+    config = dataclasses.replace(config, text_config=dataclasses.replace(config.text_config, eos_token_id=None))
+    model = vllava_jax.VideoLlava.random(config)
+    rows = max(args.clients)
+    engine = Engine(model, max_batch=rows, max_length=args.max_length)
+    engine.start()
+    work = requests(rows, args.new_tokens, args.image_size, args.question_tokens)
+    # compiles the step of every row count (newcomers join a busy engine one per step, and each stays
+    # until the last has joined), caches the clip's features
+    run(engine, [dataclasses.replace(request, max_new_tokens=rows + 1) for request in work], rows)
+    figures = [(1, args.sequential, *run(engine, work[: args.sequential], 1))]
+    figures += [(clients, clients, *run(engine, work[:clients], clients)) for clients in args.clients]
+    engine.close()
+
+    print(f"float32, CPU, {os.cpu_count()} cores, small config, prompt {len(work[0].prompt_ids)} tokens "
+          f"(8 frames at {args.image_size}px, features cached), {args.new_tokens} new tokens, max_batch {rows}, "
+          f"max_length {args.max_length}")
+    print("| clients | requests | seconds | tokens/s | vs 1 at a time | decode steps (rows x steps) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    sequential = args.sequential * args.new_tokens / figures[0][2]
+    for clients, count, seconds, steps in figures:
+        rate = count * args.new_tokens / seconds
+        print(f"| {clients} | {count} | {seconds:.2f} | {rate:.1f} | {rate / sequential:.2f} | {steps} |")
+
+
+if __name__ == "__main__":
+    main()

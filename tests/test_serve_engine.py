@@ -1,0 +1,315 @@
+"""The serving engine against `generation.generate` of each prompt alone, on a tiny random model.
+
+One engine shape for every test (3 rows of 56 columns, prompts padded to 32), so its programs
+compile once (a step program per row count 1, 2, 3): 6 requests of 12-34 prompt tokens and 16-40 new tokens overflow the 3 rows (queueing,
+rows reused) and run the shared head around the 56 columns more than once (ring buffer). The
+oracle is `generate` with 40 new tokens, of which a request of m new tokens must give the first m
+(what generate(max_new_tokens=m) gives: a step never looks ahead), or its tokens up to an EOS.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import vllava_jax
+from tests import oracle
+from tests.test_generation import top_level_arrays
+from tests.test_sharding import run_on_8_devices
+from vllava_jax import generation
+from vllava_jax.errors import InputError
+from vllava_jax.serve import slots
+from vllava_jax.serve.engine import Engine, Event, Medium, Request
+
+ROWS, COLUMNS, PAD_TO, LONGEST = 3, 56, 32, 40
+SAMPLED = dict(temperature=0.8, top_p=0.9, seed=5)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve_engine")
+    oracle.save_tiny_model(path)
+    return vllava_jax.load_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def media():
+    rng = np.random.default_rng(1)
+    return {"image": Medium("image:test:a", rng.standard_normal((3, 28, 28)).astype(np.float32)),
+            "video": Medium("video:test:a", rng.standard_normal((3, 3, 28, 28)).astype(np.float32))}
+
+
+@pytest.fixture(scope="module")
+def cases(model, media):
+    """(request, expected tokens, expected finish reason): prompts of different lengths and media,
+    greedy but one sampled, one answer ending at an EOS."""
+    rng = np.random.default_rng(0)
+    specs = [([5], 24, None, {}), ([3, ("image", 4), 5], 40, "image", {}), ([2, ("video", 15), 3], 30, "video", {}),
+             ([34], 16, None, {}), ([25], 30, None, SAMPLED), ([4, ("video", 15)], 36, "video", {}),
+             ([6], 20, None, {})]
+    found = []
+    for pieces, new, kind, sampling in specs:
+        ids = oracle.make_ids(rng, pieces).astype(np.int32)
+        config = generation.sampling_config(model.config, LONGEST, sampling.get("temperature", 0.0),
+                                            top_p=sampling.get("top_p", 1.0))
+        pixels = media[kind].pixels[None] if kind else None
+        answer = generation.generate(model, ids[None], None, pixels if kind == "image" else None,
+                                     pixels if kind == "video" else None, sampling=config,
+                                     key=jax.random.key(sampling.get("seed", 0)), pad_to_multiple=PAD_TO)
+        answer = answer[0, len(ids): len(ids) + new].tolist()
+        stopped = 2 in answer
+        expected = answer[: answer.index(2)] if stopped else answer
+        request = Request(ids, images=(media["image"],) if kind == "image" else (),
+                          videos=(media["video"],) if kind == "video" else (), max_new_tokens=new,
+                          **sampling)
+        found.append((request, expected, "stop" if stopped else "length"))
+    return found
+
+
+def test_cases_are_worth_checking(cases):
+    """The oracle's answers differ, run at least 16 tokens, and one ends at an EOS."""
+    answers = [tuple(expected) for _, expected, _ in cases]
+    assert len(set(answers)) == len(answers)
+    assert sum(len(a) >= 16 for a in answers) >= 5
+    assert [reason for _, _, reason in cases].count("stop") == 1
+
+
+class Collector:
+    """Events of one request, as the engine thread emits them."""
+
+    def __init__(self, on_token=None):
+        self.tokens, self.final, self.on_token = [], None, on_token
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        assert self.final is None, "event after the last one"
+        if event.token is None:
+            self.final = event
+            self.done.set()
+        else:
+            self.tokens.append(event.token)
+            if self.on_token:
+                self.on_token(self)
+
+    def wait(self) -> Collector:
+        assert self.done.wait(60), "no final event within 60 s"
+        return self
+
+
+def make_engine(model, **kwargs) -> Engine:
+    engine = Engine(model, max_batch=ROWS, max_length=COLUMNS, pad_to_multiple=PAD_TO, **kwargs)
+    engine.start()
+    return engine
+
+
+def assert_answers(collectors, cases):
+    for collector, (_, expected, reason) in zip(collectors, cases):
+        collector.wait()
+        assert (collector.tokens, collector.final) == (expected, Event(None, reason))
+
+
+def test_requests_submitted_together_each_get_their_answer_alone(model, cases):
+    engine = make_engine(model)
+    try:
+        collectors = [Collector() for _ in cases]
+        for collector, (request, _, _) in zip(collectors, cases):
+            engine.submit(request, collector)
+        assert_answers(collectors, cases)
+        assert engine.steps > COLUMNS  # the head went round the ring
+        assert engine.feature_cache.tower_runs == 2  # one image, one video (asked about twice)
+    finally:
+        engine.close()
+
+
+def test_requests_join_while_others_decode(model, cases):
+    engine = make_engine(model)
+    try:
+        early, later = cases[1:3], cases[3:] + cases[:1]  # the early ones decode 40 and 30 tokens
+        then = [Collector() for _ in later]
+        early_done_at_join = []
+
+        def join(collector):  # on the engine thread, at the early request's 5th token
+            if len(collector.tokens) == 5:
+                early_done_at_join.extend(c.done.is_set() for c in first)
+                for joining, (request, _, _) in zip(then, later):
+                    engine.submit(request, joining)
+
+        first = [Collector(on_token=join), Collector()]
+        for collector, (request, _, _) in zip(first, early):
+            engine.submit(request, collector)
+        assert_answers(first + then, early + later)
+        assert early_done_at_join == [False, False]
+    finally:
+        engine.close()
+
+
+def test_steps_run_over_the_rows_in_use_and_rows_move_down_when_others_leave(model, cases):
+    """A lone request steps over one row; three requests over all three, and when the first leaves,
+    the third (the longest) moves down into its row so that steps run over two rows, then one;
+    every answer is still generate's."""
+    engine = make_engine(model)
+    try:
+        alone = Collector()
+        engine.submit(cases[0][0], alone)
+        assert_answers([alone], cases[:1])
+        assert set(engine.steps_by_rows) == {1} and engine.moves == 0
+        engine.steps_by_rows.clear()
+        three = sorted(cases[:4], key=lambda case: len(case[1]))[1:]  # shortest first
+        lengths = [len(expected) for _, expected, _ in three]
+        assert lengths[0] < lengths[1] < lengths[2] - 2  # they leave in order; the last decodes alone a while
+        collectors = [Collector() for _ in three]
+        for collector, (request, _, _) in zip(collectors, three):
+            engine.submit(request, collector)
+        assert_answers(collectors, three)
+        assert engine.moves == 1  # row 2 to row 0 when row 0 left
+        assert set(engine.steps_by_rows) == {1, 2, ROWS}
+    finally:
+        engine.close()
+
+
+def test_cancel_frees_the_row_and_the_others_finish(model, cases):
+    engine = make_engine(model)
+    try:
+        tickets = []
+        cancelled = Collector(on_token=lambda c: len(c.tokens) == 3 and tickets[0].cancel())
+        tickets.append(engine.submit(cases[1][0], cancelled))  # 40 tokens unless cancelled
+        others = [Collector() for _ in cases[2:]]
+        for collector, (request, _, _) in zip(others, cases[2:]):
+            engine.submit(request, collector)
+        assert_answers(others, cases[2:])
+        cancelled.wait()
+        assert cancelled.final == Event(None, "cancelled") and 3 <= len(cancelled.tokens) < 40
+        assert cancelled.tokens == cases[1][1][: len(cancelled.tokens)]
+        assert engine.rows_in_use == 0
+    finally:
+        engine.close()
+
+
+def test_a_second_question_about_a_video_does_not_run_the_towers(model, cases, media):
+    engine = make_engine(model)
+    try:
+        video_cases = [case for case in cases if case[0].videos]
+        first = engine.submit(video_cases[0][0], collector := Collector())
+        assert_answers([collector], video_cases[:1])
+        assert engine.feature_cache.tower_runs == 1
+        again = [Collector()]
+        engine.submit(video_cases[1][0], again[0])
+        assert_answers(again, video_cases[1:2])
+        assert engine.feature_cache.tower_runs == 1
+        del first
+    finally:
+        engine.close()
+
+
+def test_check_refuses_what_the_engine_cannot_run(model, media):
+    engine = Engine(model, max_batch=ROWS, max_length=COLUMNS, pad_to_multiple=PAD_TO)
+    ids = np.full(50, 7, np.int32)
+    with pytest.raises(InputError, match="prompt of 50 tokens [+] max_new_tokens 10 = 60 exceeds the engine's "
+                                         "max_length of 56 positions"):
+        engine.check(Request(ids, max_new_tokens=10))
+    with pytest.raises(InputError, match="prompt of 500 tokens [+] max_new_tokens 20 = 520 exceeds the context "
+                                         "of 512 positions"):
+        Engine(model).check(Request(np.full(500, 7, np.int32), max_new_tokens=20))
+    with pytest.raises(InputError, match="video placeholder tokens"):
+        engine.check(Request(ids[:10], videos=(media["video"],)))
+    with pytest.raises(InputError, match="top_p"):
+        engine.check(Request(ids[:10], top_p=0.0))
+    with pytest.raises(InputError, match="max_new_tokens"):
+        engine.check(Request(ids[:10], max_new_tokens=0))
+    with pytest.raises(InputError, match="prompt of 50 tokens"):
+        engine.submit(Request(ids, max_new_tokens=10), Collector())
+
+
+def test_close_ends_pending_requests_as_cancelled(model, cases):
+    engine = Engine(model, max_batch=ROWS, max_length=COLUMNS, pad_to_multiple=PAD_TO)
+    queued = [Collector() for _ in range(2)]
+    for collector in queued:
+        engine.submit(cases[0][0], collector)
+    engine.close()  # never started
+    assert [c.wait().final for c in queued] == [Event(None, "cancelled")] * 2
+
+    engine = make_engine(model)
+    closing = threading.Thread(target=engine.close)
+    started = threading.Event()
+
+    def close_while_decoding(collector):
+        if len(collector.tokens) == 2 and not started.is_set():
+            started.set()
+            closing.start()
+            while not engine._closing:
+                time.sleep(0.001)
+
+    decoding = Collector(on_token=close_while_decoding)
+    engine.submit(cases[1][0], decoding)
+    waiting = [Collector() for _ in range(ROWS)]
+    for collector in waiting:
+        engine.submit(cases[1][0], collector)
+    assert decoding.wait().final == Event(None, "cancelled") and len(decoding.tokens) < 40
+    assert all(c.wait().final == Event(None, "cancelled") for c in waiting)
+    closing.join()
+    late = engine.submit(cases[0][0], after := Collector())
+    assert after.wait().final == Event(None, "cancelled")
+    del late
+
+
+@pytest.mark.parametrize("rows", [1, ROWS])
+def test_programs_update_the_cache_in_place(model, rows):
+    """`step` (over the first row or all) and `admit` alias the donated cache to their output, and
+    `step` writes no array the size of the cache but in place (as generation's decode loop)."""
+    state = slots.Slots.empty(model, ROWS, COLUMNS)
+    cache_bytes = state.cache.keys.nbytes + state.cache.values.nbytes
+    ids = np.ones((1, PAD_TO), np.int32)
+    admit = slots.admit.lower(model.graphdef, model.state, state, np.int32(1), ids, ids, None, None,
+                              jax.random.key(0), np.float32(0), np.float32(1)).compile()
+    assert admit.memory_analysis().alias_size_in_bytes >= cache_bytes
+    compiled = slots.step.lower(model.graphdef, model.state, state, rows).compile()
+    assert compiled.memory_analysis().alias_size_in_bytes >= cache_bytes
+    whole = state.cache.keys.size
+    written = [(name, op) for name, op, n in top_level_arrays(compiled.as_text()) if n == whole
+               and op not in ("parameter", "get-tuple-element", "bitcast") and "dynamic-update-slice" not in name]
+    assert not written, f"whole-cache arrays written per step: {written}"
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import threading
+    import numpy as np
+    import vllava_jax
+    from jax.sharding import PartitionSpec as P
+    from tests import oracle
+    from vllava_jax import generation
+    from vllava_jax.serve.engine import Engine, Request
+    from vllava_jax.sharding import make_mesh, shard_state
+
+    config = vllava_jax.VideoLlavaConfig.from_hf_dict(oracle.hf_config().to_dict())
+    model = vllava_jax.VideoLlava.random(config, dtype="bfloat16", seed=1)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    model.state, model.mesh = shard_state(model.state, mesh), mesh
+    rng = np.random.default_rng(0)
+    prompts = [oracle.make_ids(rng, [n]).astype(np.int32) for n in (5, 19)]
+    sampling = generation.sampling_config(model.config, 16)
+    expected = [[t for t in generation.generate(model, p[None], sampling=sampling, pad_to_multiple=32)[0, len(p):]
+                 if t not in sampling.eos_token_ids] for p in prompts]
+    engine = Engine(model, max_batch=4, max_length=48, pad_to_multiple=32)
+    engine.start()
+    answers, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
+    for answer, finished, prompt in zip(answers, done, prompts):
+        engine.submit(Request(prompt, max_new_tokens=16),
+                      lambda event, a=answer, f=finished: f.set() if event.token is None else a.append(event.token))
+    assert all(finished.wait(120) for finished in done)
+    assert engine._slots.cache.keys.sharding.spec == P(None, ("data", "fsdp"), "tensor")
+    engine.close()
+    assert answers == expected and expected[0] != expected[1] and min(map(len, expected)) >= 8, (answers, expected)
+    print("OK")
+""")
+
+
+def test_bfloat16_model_on_a_mesh():
+    """Rows split over data x fsdp and kv heads over tensor, answers still generate's."""
+    run_on_8_devices(MESH_SCRIPT)

@@ -1,10 +1,11 @@
 """The serving engine against `generation.generate` of each prompt alone, on a tiny random model.
 
 One engine shape for every test (3 rows of 56 columns, prompts padded to 32), so its programs
-compile once (a step program per row count 1, 2, 3): 6 requests of 12-34 prompt tokens and 16-40 new tokens overflow the 3 rows (queueing,
-rows reused) and run the shared head around the 56 columns more than once (ring buffer). The
-oracle is `generate` with 40 new tokens, of which a request of m new tokens must give the first m
-(what generate(max_new_tokens=m) gives: a step never looks ahead), or its tokens up to an EOS.
+compile once (a step program per row count 1, 2, 3): 6 requests of 12-34 prompt tokens and 16-40
+new tokens overflow the 3 rows (queueing, rows reused) and run the shared head around the 56
+columns more than once (ring buffer). The oracle is `generate` with 40 new tokens, of which a
+request of m new tokens must give the first m (what generate(max_new_tokens=m) gives: a step
+never looks ahead), or its tokens up to an EOS.
 """
 
 from __future__ import annotations

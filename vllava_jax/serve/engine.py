@@ -8,10 +8,10 @@ reached its max_new_tokens or was cancelled; its row goes to the next in the que
 waits for another to finish. The rows in use are kept at the front (a newcomer takes the lowest
 free row; when requests leave, the highest rows move down as far as the next power of two of the
 count needs) and each step runs over that power of two only, so light load decodes about as fast
-as an engine of that many rows would. Newcomers join an idle engine all at once and a busy one one per
-step, so running streams keep flowing through a burst of arrivals. Only the engine thread touches
-the device state and the FeatureCache (other threads submit, cancel, and compute media keys with
-`FeatureCache.bytes_key`).
+as an engine of that many rows would. Newcomers join an idle engine all at once and a busy one
+one per step, so running streams keep flowing through a burst of arrivals. Only the engine
+thread touches the device state and the FeatureCache (other threads submit, cancel, and compute
+media keys with `FeatureCache.bytes_key`).
 
 Steps are dispatched one ahead of the host: step t+1 is queued before step t's tokens are read,
 so the device does not wait for the host between steps. The price is that a row that chose an

@@ -52,6 +52,12 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
+def preprocessing_fingerprint(processor) -> str:
+    """The preprocessing that shapes a medium's pixels: part of every feature-cache key."""
+    return (f"{processor.num_frames}/{processor.video_transform}/{processor.size}/{processor.crop_size}/"
+            f"{processor.pad_to_square}")
+
+
 class FeatureCache:
     """Per-medium projected features for one model; `tower_runs` counts media sent through a tower.
 

@@ -30,7 +30,7 @@ from vllava_jax import generation
 from vllava_jax.checkpoint.detect import detect
 from vllava_jax.cli import make_output_dir
 from vllava_jax.errors import VllavaError
-from vllava_jax.features import FeatureCache
+from vllava_jax.features import FeatureCache, preprocessing_fingerprint
 from vllava_jax.eval.cache import JsonlCache, write_atomic, write_jsonl
 from vllava_jax.eval.report import write_report
 from vllava_jax.eval.tasks import Sample, Task, registry
@@ -157,8 +157,7 @@ def predict(config: RunConfig, task: Task, samples: list[Sample], cache: JsonlCa
             model = peft.load_adapter(model, config.adapter)
     write_atomic(cache.path.parent / "run.json", json.dumps(config.settings(task), indent=2))
     sampling = generation.sampling_config(model.config, config.max_new_tokens or task.max_new_tokens)
-    features = FeatureCache(model, fingerprint=f"{processor.num_frames}/{processor.video_transform}/"
-                            f"{processor.size}/{processor.crop_size}/{processor.pad_to_square}")
+    features = FeatureCache(model, fingerprint=preprocessing_fingerprint(processor))
     answered = 0
     with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{task.name} generate", unit="q",
               file=sys.stderr, dynamic_ncols=True) as bar:

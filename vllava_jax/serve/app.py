@@ -22,14 +22,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from vllava_jax.errors import InputError
-from vllava_jax.features import FeatureCache
+from vllava_jax.features import FeatureCache, preprocessing_fingerprint
 from vllava_jax.processing.conversation import get_template
 from vllava_jax.processing.processor import Processor
 from vllava_jax.serve import engine as engine_lib
 from vllava_jax.serve.answer_text import AnswerText
 from vllava_jax.serve.api_errors import APIError, bad_request
 from vllava_jax.serve.chat import ChatRequest, parse_chat_request, parse_media_part
-from vllava_jax.serve.media import MediaLoader, feature_fingerprint, preview_frames
+from vllava_jax.serve.media import MediaLoader, preview_frames
 
 DISCONNECT_POLL_SECONDS = 0.5  # how often a non-streamed request checks that its client is still there
 
@@ -253,7 +253,7 @@ def build_service(model, processor: Processor, *, model_id: str, template: str =
                   max_length: int | None = None, media_root: str | None = None) -> ChatService:
     """An engine over `model` with a feature cache keyed as the media loader keys media, and the service around it."""
     max_length = max_length or model.config.text_config.max_position_embeddings
-    cache = FeatureCache(model, fingerprint=feature_fingerprint(processor))
+    cache = FeatureCache(model, fingerprint=preprocessing_fingerprint(processor))
     engine = engine_lib.Engine(model, max_batch=max_batch, max_length=max_length, feature_cache=cache)
     return ChatService(engine, processor, model_id=model_id, template=template, max_length=max_length,
                        media_root=media_root)

@@ -38,12 +38,6 @@ class MediaReference:
     param: str
 
 
-def feature_fingerprint(processor: Processor) -> str:
-    """The preprocessing that shapes a medium's pixels: part of every feature-cache key."""
-    return (f"{processor.num_frames}/{processor.video_transform}/{processor.size}/{processor.crop_size}/"
-            f"{processor.pad_to_square}")
-
-
 class MediaLoader:
     def __init__(self, processor: Processor, cache: FeatureCache, media_root: str | None = None):
         self.processor, self.cache = processor, cache

@@ -50,6 +50,14 @@ def test_streamed_answer_is_the_greedy_generation(checkpoint, capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_ask_follows_the_placeholders_the_question_places_as_the_cli_does(checkpoint, capsys):
+    path, clip = checkpoint
+    question = "What happens in <video>?"
+    generate.main(["--model", str(path), "--video", str(clip), "--prompt", question, "--max-new-tokens", "4"])
+    printed = capsys.readouterr().out.rstrip("\n")
+    assert generate.ask(path, question, videos=[str(clip)], max_new_tokens=4) == printed
+
+
 def test_chat_keeps_the_conversation(checkpoint, monkeypatch, capsys):
     path, clip = checkpoint
     monkeypatch.setattr("sys.stdin", io.StringIO("What happens?\nAnd then?\n\n"))

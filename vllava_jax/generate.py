@@ -23,10 +23,12 @@ import vllava_jax
 from vllava_jax import cli, generation
 from vllava_jax.checkpoint import peft
 from vllava_jax.errors import InputError
-from vllava_jax.processing.conversation import TEMPLATES, get_template
+from vllava_jax.processing.conversation import TEMPLATES, MediaWording, get_template, media_placeholders
 from vllava_jax.processing.image import load_image
-from vllava_jax.processing.processor import IMAGE_TOKEN, VIDEO_TOKEN
 from vllava_jax.processing.video import read_frames
+
+PLACEHOLDER_WORDING = MediaWording(text="--prompt", images="--image", videos="--video", medium="file",
+                       unplaced="the CLI puts them before the question")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,19 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.top_k < 0:
         parser.error(f"--top-k must be 0 (off) or positive, got {args.top_k}")
     return args
-
-
-def media_placeholders(args: argparse.Namespace, question: str) -> list[str]:
-    """The placeholders the CLI puts before the first question: one per --image and --video, unless the
-    question already places them itself (then it must place exactly one per file)."""
-    images, videos = question.count(IMAGE_TOKEN), question.count(VIDEO_TOKEN)
-    if not images and not videos:
-        return [IMAGE_TOKEN] * len(args.image) + [VIDEO_TOKEN] * len(args.video)
-    if images != len(args.image) or videos != len(args.video):
-        raise InputError(f"--prompt places {images} {IMAGE_TOKEN} and {videos} {VIDEO_TOKEN} placeholders but "
-                         f"{len(args.image)} --image and {len(args.video)} --video were given; place one per file, "
-                         "or none and the CLI puts them before the question")
-    return []
 
 
 def read_media(processor, args: argparse.Namespace) -> tuple[list, list]:
@@ -104,10 +93,10 @@ def answer(model, processor, prompt: str, media: tuple[list, list], sampling, ke
 def ask(model_dir, question: str, *, images=(), videos=(), template: str = "llava_v1", max_new_tokens: int = 256,
         dtype: str = "float32") -> str:
     """The greedy answer `python -m vllava_jax.generate --model MODEL_DIR --prompt QUESTION [--image ...]
-    [--video ...]` prints, returned instead: one placeholder per file before the question."""
+    [--video ...]` prints, returned instead."""
     processor = vllava_jax.Processor.from_pretrained(model_dir)
     media = [load_image(p) for p in images], [read_frames(p, processor.num_frames) for p in videos]
-    placeholders = [IMAGE_TOKEN] * len(images) + [VIDEO_TOKEN] * len(videos)
+    placeholders = media_placeholders([question], len(images), len(videos), PLACEHOLDER_WORDING)
     model = vllava_jax.load_pretrained(model_dir, dtype=dtype)
     sampling = generation.sampling_config(model.config, max_new_tokens)  # greedy
     prompt = get_template(template).prompt([question], placeholders)
@@ -120,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     template = get_template(args.template)
-    placeholders = media_placeholders(args, args.prompt or "")
+    placeholders = media_placeholders([args.prompt or ""], len(args.image), len(args.video), PLACEHOLDER_WORDING)
     processor = vllava_jax.Processor.from_pretrained(args.model)
     media = read_media(processor, args)
     model = vllava_jax.load_pretrained(args.model, dtype=args.dtype)
@@ -141,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             if not question:
                 break
         if not turns and args.chat and args.prompt is None:
-            placeholders = media_placeholders(args, question)
+            placeholders = media_placeholders([question], len(args.image), len(args.video), PLACEHOLDER_WORDING)
         turns.append(question)
         if args.chat:
             print("ASSISTANT: ", end="", flush=True)

@@ -3,9 +3,9 @@
 The prompt is then built as `python -m vllava_jax.generate` builds it: the conversation template's
 turns (user, assistant, user, ...), one `<image>` / `<video>` placeholder per medium put before the
 first question unless the text places them itself (then one per medium, exactly), images before
-videos. A `system` (or `developer`) message replaces the template's system prompt. Fields that would
-change the answer in ways the server does not implement (tools, n > 1, logprobs, penalties...) are
-refused rather than ignored.
+videos (`conversation.media_placeholders`, the rule the CLI follows too). A `system` (or `developer`)
+message replaces the template's system prompt. Fields that would change the answer in ways the
+server does not implement (tools, n > 1, logprobs, penalties...) are refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
-from vllava_jax.processing.conversation import Template
-from vllava_jax.processing.processor import IMAGE_TOKEN, VIDEO_TOKEN
+from vllava_jax.errors import InputError
+from vllava_jax.processing.conversation import MediaWording, Template, media_placeholders
 from vllava_jax.serve.api_errors import bad_request
 from vllava_jax.serve.media import PART_KINDS, MediaReference
 
@@ -27,6 +27,8 @@ OFF_VALUES = {"n": (1,), "logprobs": (False,), "top_logprobs": (0,), "presence_p
               "response_format": ({"type": "text"},)}
 SUPPORTED_FIELDS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
                     "stop", "stream", "stream_options")
+PLACEHOLDER_WORDING = MediaWording(text="the text", images="image_url", videos="video_url parts", medium="medium",
+                       unplaced="they go before the first question")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +50,11 @@ class ChatRequest:
             template = dataclasses.replace(template, system=self.system)
         images = sum(1 for m in self.media if m.kind == "image")
         videos = len(self.media) - images
-        placed_images = sum(t.count(IMAGE_TOKEN) for t in self.turns)
-        placed_videos = sum(t.count(VIDEO_TOKEN) for t in self.turns)
-        if not placed_images and not placed_videos:
-            return template.prompt(self.turns, [IMAGE_TOKEN] * images + [VIDEO_TOKEN] * videos)
-        if placed_images != images or placed_videos != videos:
-            raise bad_request(f"messages: the text places {placed_images} {IMAGE_TOKEN} and {placed_videos} "
-                              f"{VIDEO_TOKEN} placeholders but {images} image_url and {videos} video_url parts were "
-                              "given; place one per medium, or none and they go before the first question",
-                              "messages")
-        return template.prompt(self.turns)
+        try:
+            placeholders = media_placeholders(self.turns, images, videos, PLACEHOLDER_WORDING)
+        except InputError as e:
+            raise bad_request(f"messages: {e}", "messages") from None
+        return template.prompt(self.turns, placeholders)
 
 
 def parse_chat_request(body, model_id: str) -> ChatRequest:

@@ -7,7 +7,8 @@ The server is `python -m vllava_jax.serve` in a subprocess, float32, on the smal
 the tests' small sentencepiece tokenizer. EOS is disabled by the checkpoint: its config.json has
 `eos_token_id: null`, so every answer runs exactly --new-tokens (the random model's text is noise).
 Workload: each client asks a different question about the same 8-frame clip (a file:// URL under
---media-root), so the clip's features are computed once, by the warm-up. A round of N clients sends
+--media-root), so the clip's features are computed once, by the warm-up, and the prompt up to the
+clip is stored once (the server's prefix reuse; `--max-prefixes 0` measures without it). A round of N clients sends
 N requests at once: tokens/s = N x new tokens / wall time; the baseline sends --sequential questions
 one after another to the same server. Each run measures the baseline and every N in turn (so load
 from elsewhere on the machine weighs on both); medians of --runs runs, after a warm-up round.
@@ -55,14 +56,15 @@ def write_checkpoint(path: str, image_size: int) -> str:
     return str(model_dir)
 
 
-def start_server(model_dir: str, media_root: str, max_batch: int, max_length: int, log) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: str, media_root: str, max_batch: int, max_length: int, max_prefixes: int, log
+                 ) -> tuple[subprocess.Popen, str]:
     """`python -m vllava_jax.serve` on a free port, its log to `log`; returns once /health answers."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "vllava_jax.serve", "--model", model_dir, "--port", str(port),
                                "--dtype", "float32", "--media-root", media_root, "--max-batch", str(max_batch),
-                               "--max-length", str(max_length)],
+                               "--max-length", str(max_length), "--max-prefixes", str(max_prefixes)],
                               env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, stdout=log,
                               stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=4, help="questions per one-at-a-time round")
     parser.add_argument("--image-size", type=int, default=112, help="frame size (224 is the real model's)")
     parser.add_argument("--max-length", type=int, default=1024, help="the server's --max-length (cache columns)")
+    parser.add_argument("--max-prefixes", type=int, default=4, help="the server's --max-prefixes (0: no prefix reuse)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_checkpoint(tmp, args.image_size)
@@ -121,10 +124,12 @@ def main() -> None:
         clip = os.path.join(root, "clip.mp4")
         media.write_clip(clip, num_frames=24, width=160, height=120)
         log = open(os.path.join(tmp, "server.log"), "w")
-        server, url = start_server(model_dir, root, max(args.clients), args.max_length, log)
+        server, url = start_server(model_dir, root, max(args.clients), args.max_length, args.max_prefixes, log)
         try:
-            # warm-up: compiles the step program of every row count, computes the clip's features
+            # warm-up: compiles the step programs the rounds use (every row count, and one row alone),
+            # computes the clip's features and stores the prompt's prefix
             round_rate(url, clip, max(args.clients), args.new_tokens, True)
+            round_rate(url, clip, 1, args.new_tokens, False)
             rates: dict[int, list[float]] = {c: [] for c in [0, *args.clients]}  # 0: one client at a time
             for run in range(args.runs):
                 rates[0].append(round_rate(url, clip, args.sequential, args.new_tokens, False))
@@ -139,7 +144,7 @@ def main() -> None:
             server.wait(timeout=60)
             log.close()
     print(f"serving throughput, small config, 8 frames at {args.image_size}px, {args.new_tokens} new tokens per "
-          f"answer, float32, {os.cpu_count()} CPUs, median of {args.runs}")
+          f"answer, float32, {os.cpu_count()} CPUs, --max-prefixes {args.max_prefixes}, median of {args.runs}")
     print(f"{'clients':>8} {'tok/s':>10} {'sequential tok/s':>18} {'ratio':>7}")
     for clients, together, alone in rows:
         print(f"{clients:>8} {together:>10.1f} {alone:>18.1f} {together / alone:>6.2f}x")

@@ -1,11 +1,13 @@
 """Serving engine throughput: new tokens/s with N requests in flight against one request at a time.
 
     python -m benchmarks.serve_engine [--clients 4 16] [--sequential 4] [--new-tokens 64] [--max-length 640]
+                                      [--max-prefixes 4]
 
 The engine alone (no HTTP; benchmarks/serve.py measures the server): the small config with
 random weights, float32, CPU, EOS disabled so every request decodes exactly --new-tokens;
-each request a different question after the same 8-frame clip, whose features are cached (so a
-request's cost is its decoder prefill and its decode steps). "1 at a time" submits --sequential
+each request a different question after the same system prompt and 8-frame clip, whose features
+are cached and whose prompt prefix is stored by the first request (so a request's cost is its
+question's prefill and its decode steps; with --max-prefixes 0, its whole prompt's prefill). "1 at a time" submits --sequential
 requests, each when the previous one has finished; a round of N clients submits N requests at
 once (as benchmarks/serve.py); tokens/s = requests x new tokens / wall time. The engine has
 max(--clients) rows throughout, and steps over the rows in use (rounded up to a power of two), so
@@ -32,9 +34,10 @@ def requests(count: int, new_tokens: int, image_size: int, question_tokens: int)
     rng = np.random.default_rng(0)
     clip = Medium("video:bench:clip", rng.standard_normal((8, 3, image_size, image_size)).astype(np.float32))
     per_video = 8 * ((image_size // 14) ** 2 + 1)
+    system = rng.integers(3, VIDEO_TOKEN - 1, 5)  # the same system prompt for everyone, as a server's template
     made = []
     for _ in range(count):
-        ids = np.concatenate([rng.integers(3, VIDEO_TOKEN - 1, 5), np.full(per_video, VIDEO_TOKEN),
+        ids = np.concatenate([system, np.full(per_video, VIDEO_TOKEN),
                               rng.integers(3, VIDEO_TOKEN - 1, question_tokens)]).astype(np.int32)
         made.append(Request(ids, videos=(clip,), max_new_tokens=new_tokens))
     return made
@@ -63,25 +66,27 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=112, help="frame size (224 is the real model's)")
     parser.add_argument("--question-tokens", type=int, default=24)
     parser.add_argument("--max-length", type=int, default=640, help="the engine's cache columns per row")
+    parser.add_argument("--max-prefixes", type=int, default=4, help="the engine's stored prompt prefixes (0: off)")
     args = parser.parse_args()
 
     config = vllava_jax.VideoLlavaConfig.from_hf_dict(small_config(args.image_size).to_dict())
     config = dataclasses.replace(config, text_config=dataclasses.replace(config.text_config, eos_token_id=None))
     model = vllava_jax.VideoLlava.random(config)
     rows = max(args.clients)
-    engine = Engine(model, max_batch=rows, max_length=args.max_length)
+    engine = Engine(model, max_batch=rows, max_length=args.max_length, max_prefixes=args.max_prefixes)
     engine.start()
     work = requests(rows, args.new_tokens, args.image_size, args.question_tokens)
-    # compiles the step of every row count (newcomers join a busy engine one per step, and each stays
-    # until the last has joined), caches the clip's features
-    run(engine, [dataclasses.replace(request, max_new_tokens=rows + 1) for request in work], rows)
+    # compiles the step program of every row count and window the timed rounds use (newcomers join a
+    # busy engine one per step), caches the clip's features and stores its prefix
+    run(engine, work, rows)
+    run(engine, work[:1], 1)
     figures = [(1, args.sequential, *run(engine, work[: args.sequential], 1))]
     figures += [(clients, clients, *run(engine, work[:clients], clients)) for clients in args.clients]
     engine.close()
 
     print(f"float32, CPU, {os.cpu_count()} cores, small config, prompt {len(work[0].prompt_ids)} tokens "
           f"(8 frames at {args.image_size}px, features cached), {args.new_tokens} new tokens, max_batch {rows}, "
-          f"max_length {args.max_length}")
+          f"max_length {args.max_length}, max_prefixes {args.max_prefixes}")
     print("| clients | requests | seconds | tokens/s | vs 1 at a time | decode steps (rows x steps) |")
     print("| --- | --- | --- | --- | --- | --- |")
     sequential = args.sequential * args.new_tokens / figures[0][2]

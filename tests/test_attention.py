@@ -284,3 +284,32 @@ def test_pallas_kernels_run_per_shard_on_a_mesh(tmp_path):
     result = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "all-gathers 0" in result.stdout, result.stdout
+
+
+def test_one_token_over_its_cache_and_shared_entries_equals_attention_over_what_it_sees():
+    """Decode attention of one token per row over its cache and shared prefix entries (the
+    serving engine's step) equals jax.nn.dot_product_attention over the keys each row sees, laid
+    out as one sequence: the entry it continues, then its cached tokens, then itself (GQA: 2 kv heads)."""
+    from vllava_jax.modeling.kv_cache import attend_one_token
+
+    rng = np.random.default_rng(0)
+    batch, kv_heads, slots, entries, width = 3, 2, 10, 2, 7
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731
+    q, k, v = normal(batch, 1, HEADS, HEAD_DIM), normal(batch, 1, kv_heads, HEAD_DIM), normal(batch, 1, kv_heads, HEAD_DIM)
+    keys, values = normal(batch, kv_heads, slots, HEAD_DIM), normal(batch, kv_heads, slots, HEAD_DIM)
+    shared_keys, shared_values = normal(entries, kv_heads, width, HEAD_DIM), normal(entries, kv_heads, width, HEAD_DIM)
+    visible = jnp.asarray(rng.random((batch, slots)) < 0.6)
+    entry_valid = jnp.asarray(rng.random((entries, width)) < 0.7)
+    continues = np.array([1, -1, 0])  # row 1 continues no entry
+    sees = (continues[:, None] == np.arange(entries))[:, :, None] & entry_valid[None]
+
+    out = attend_one_token(q, k, v, keys, values, visible, (shared_keys, shared_values, sees))
+
+    rows = []
+    for b in range(batch):
+        taken = [shared_keys[continues[b]].swapaxes(0, 1)[entry_valid[continues[b]]]] if continues[b] >= 0 else []
+        taken_v = [shared_values[continues[b]].swapaxes(0, 1)[entry_valid[continues[b]]]] if continues[b] >= 0 else []
+        row_k = jnp.concatenate([*taken, keys[b].swapaxes(0, 1)[visible[b]], k[b]])
+        row_v = jnp.concatenate([*taken_v, values[b].swapaxes(0, 1)[visible[b]], v[b]])
+        rows.append(jax.nn.dot_product_attention(q[b][None], row_k[None], row_v[None], implementation="xla")[0])
+    np.testing.assert_allclose(out, jnp.stack(rows), rtol=1e-5, atol=1e-5)

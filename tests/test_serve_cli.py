@@ -33,6 +33,7 @@ def test_flags_are_checked_before_the_model_loads(checkpoint, tmp_path, capsys):
     model.mkdir()  # no config.json: loading it would fail differently
     assert_user_error(in_process(main, ["--model", model, "--port", "70000"], capsys), 2, "--port")
     assert_user_error(in_process(main, ["--model", model, "--max-batch", "0"], capsys), 2, "--max-batch")
+    assert_user_error(in_process(main, ["--model", model, "--max-prefixes", "-1"], capsys), 2, "--max-prefixes")
     assert_user_error(in_process(main, ["--model", model, "--media-root", tmp_path / "nope"], capsys), 2,
                       "--media-root", "no such directory")
     assert_user_error(in_process(main, ["--model", model, "--adapter", tmp_path / "nope"], capsys), 2, "--adapter")

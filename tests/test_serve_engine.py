@@ -207,6 +207,66 @@ def test_a_second_question_about_a_video_does_not_run_the_towers(model, cases, m
         engine.close()
 
 
+def expected_answer(model, request: Request) -> list[int]:
+    """generate's greedy answer to `request` alone, up to an EOS."""
+    videos = np.stack([m.pixels for m in request.videos]) if request.videos else None
+    config = generation.sampling_config(model.config, request.max_new_tokens)
+    answer = generation.generate(model, request.prompt_ids[None], None, None, videos, sampling=config,
+                                 pad_to_multiple=PAD_TO)[0, len(request.prompt_ids):].tolist()
+    return answer[: answer.index(2)] if 2 in answer else answer
+
+
+@pytest.fixture(scope="module")
+def questions_about_one_video(model, media):
+    """Questions of different lengths after the same text and video (one stored prefix), and one
+    after other text (another prefix), with generate's answers."""
+    rng = np.random.default_rng(3)
+    start = oracle.make_ids(rng, [2, ("video", 15)])
+    prompts = [np.concatenate([start, oracle.make_ids(rng, [n])]) for n in (3, 9, 14)]
+    prompts.append(oracle.make_ids(rng, [4, ("video", 15), 6]))
+    requests = [Request(p.astype(np.int32), videos=(media["video"],), max_new_tokens=20) for p in prompts]
+    found = [(request, expected_answer(model, request)) for request in requests]
+    answers = [tuple(answer) for _, answer in found]
+    assert len(set(answers)) == len(answers) and min(map(len, answers)) >= 16
+    return found
+
+
+def test_questions_after_a_stored_prefix_run_only_their_rest(model, questions_about_one_video):
+    """The first question about the video fills the prefix store, the others (together, then one
+    more alone) run only their rest after it; a question after other text fills another entry.
+    Every answer is generate's."""
+    engine = make_engine(model)
+    try:
+        same, other = questions_about_one_video[:3], questions_about_one_video[3:]
+        first = Collector()
+        engine.submit(same[0][0], first)
+        assert first.wait().tokens == same[0][1]
+        assert (engine.prefix_fills, engine.prefix_hits) == (1, 0)
+        collectors = [Collector() for _ in same + other]
+        for collector, (request, _) in zip(collectors, same + other):
+            engine.submit(request, collector)
+        assert [c.wait().tokens for c in collectors] == [answer for _, answer in same + other]
+        assert (engine.prefix_fills, engine.prefix_hits) == (2, 3)
+        assert engine.feature_cache.tower_runs == 1
+    finally:
+        engine.close()
+
+
+def test_a_newcomer_runs_its_whole_prompt_when_every_prefix_entry_is_in_use(model, questions_about_one_video):
+    engine = make_engine(model, max_prefixes=1)
+    try:
+        chosen = [questions_about_one_video[0], questions_about_one_video[3]]  # two different prefixes
+        collectors = [Collector() for _ in chosen]
+        for collector, (request, _) in zip(collectors, chosen):
+            engine.submit(request, collector)
+        assert [c.wait().tokens for c in collectors] == [answer for _, answer in chosen]
+        assert (engine.prefix_fills, engine.prefix_hits) == (1, 0)
+        engine.submit(chosen[1][0], again := Collector())  # the entry is idle now: refilled with this prefix
+        assert again.wait().tokens == chosen[1][1] and (engine.prefix_fills, engine.prefix_hits) == (2, 0)
+    finally:
+        engine.close()
+
+
 def test_check_refuses_what_the_engine_cannot_run(model, media):
     engine = Engine(model, max_batch=ROWS, max_length=COLUMNS, pad_to_multiple=PAD_TO)
     ids = np.full(50, 7, np.int32)
@@ -258,17 +318,18 @@ def test_close_ends_pending_requests_as_cancelled(model, cases):
     del late
 
 
-@pytest.mark.parametrize("rows", [1, ROWS])
-def test_programs_update_the_cache_in_place(model, rows):
-    """`step` (over the first row or all) and `admit` alias the donated cache to their output, and
-    `step` writes no array the size of the cache but in place (as generation's decode loop)."""
-    state = slots.Slots.empty(model, ROWS, COLUMNS)
+@pytest.mark.parametrize("rows, window, entries", [(1, None, 0), (ROWS, None, 0), (ROWS, 16, 1)])
+def test_programs_update_the_cache_in_place(model, rows, window, entries):
+    """`step` (over the first row or all, every column or a window, with or without a prefix
+    entry) and `admit` alias the donated cache to their output, and `step` writes no array the
+    size of the cache but in place (as generation's decode loop)."""
+    state = slots.Slots.empty(model, ROWS, COLUMNS, 1, 2 * PAD_TO)
     cache_bytes = state.cache.keys.nbytes + state.cache.values.nbytes
     ids = np.ones((1, PAD_TO), np.int32)
     admit = slots.admit.lower(model.graphdef, model.state, state, np.int32(1), ids, ids, None, None,
                               jax.random.key(0), np.float32(0), np.float32(1)).compile()
     assert admit.memory_analysis().alias_size_in_bytes >= cache_bytes
-    compiled = slots.step.lower(model.graphdef, model.state, state, rows).compile()
+    compiled = slots.step.lower(model.graphdef, model.state, state, rows, window, entries, PAD_TO).compile()
     assert compiled.memory_analysis().alias_size_in_bytes >= cache_bytes
     whole = state.cache.keys.size
     written = [(name, op) for name, op, n in top_level_arrays(compiled.as_text()) if n == whole

@@ -36,6 +36,20 @@ class KVCache(NamedTuple):
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, slots), bool))
 
 
+class SharedKV(NamedTuple):
+    """Cached tokens that many rows attend to but that are held once, e.g. the serving engine's
+    prompt prefixes (system prompt + video, the same for every question about that video).
+
+    A decode step then reads each entry once for all its rows, not once per row: with 16 rows
+    asking about one 8-frame clip, the clip's ~2,000 cached tokens per layer are read once a step
+    instead of 16 times. `keys`/`values` (layers, entries, kv_heads, slots, head_dim) may be larger
+    than what `visible` (batch, entries', slots') covers: only the first entries' and slots' are read."""
+
+    keys: jax.Array
+    values: jax.Array
+    visible: jax.Array  # (batch, entries', slots') True where the row sees that entry's slot
+
+
 def write(stacked: tuple[jax.Array, jax.Array], new: tuple[jax.Array, jax.Array], layer, slot) -> tuple[jax.Array, ...]:
     """Keys and values (layers, batch, kv_heads, slots, head_dim) with the `new` ones (layers',
     batch, len, kv_heads, head_dim: as the projections give them) written at [layer:layer + layers',
@@ -45,7 +59,7 @@ def write(stacked: tuple[jax.Array, jax.Array], new: tuple[jax.Array, jax.Array]
 
 
 def attend_one_token(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array, values: jax.Array,
-                     visible: jax.Array) -> jax.Array:
+                     visible: jax.Array, shared: tuple[jax.Array, jax.Array, jax.Array] | None = None) -> jax.Array:
     """Softmax attention of one new token per row over itself and a layer's cache.
 
     q, k, v (batch, 1, heads or kv_heads, head_dim) are the new token's; keys/values (batch,
@@ -58,6 +72,10 @@ def attend_one_token(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array, 
     the output, (batch, 1, heads, head_dim), is in q's dtype. The two products are einsums
     (batched over batch and kv heads, the cache's leading axes, so no operand is transposed): on
     XLA's CPU backend elementwise products and reductions decoded 3-5x slower.
+
+    `shared` = (keys, values (entries, kv_heads, slots', head_dim), visible (batch, entries, slots'))
+    adds a layer's `SharedKV`: every row's query meets every entry in one product (batched over kv
+    heads only), masked to the entries it sees, and joins the same softmax.
     """
     batch, _, heads, head_dim = q.shape
     kv_heads = keys.shape[1]
@@ -69,8 +87,18 @@ def attend_one_token(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array, 
     cached = jnp.where(visible[:, None, None, :], cached, _MASKED)
     own = jnp.sum(grouped.astype(f32) * k.astype(f32), axis=-1) * scale  # (batch, kv_heads, group)
     peak = jnp.maximum(jnp.max(cached, axis=-1), own)
+    if shared is not None:
+        shared_keys, shared_values, shared_visible = shared
+        common = jnp.einsum("bkgd,eksd->bkges", grouped, shared_keys.astype(q.dtype), preferred_element_type=f32)
+        common = jnp.where(shared_visible[:, None, None], common * scale, _MASKED)
+        peak = jnp.maximum(peak, jnp.max(common, axis=(-2, -1)))
     weights, own_weight = jnp.exp(cached - peak[..., None]), jnp.exp(own - peak)
     total = jnp.sum(weights, axis=-1) + own_weight
     out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(values.dtype), values, preferred_element_type=f32)
     out = out + own_weight[..., None] * v.astype(f32)
+    if shared is not None:
+        common_weights = jnp.exp(common - peak[..., None, None])
+        total = total + jnp.sum(common_weights, axis=(-2, -1))
+        out = out + jnp.einsum("bkges,eksd->bkgd", common_weights.astype(shared_values.dtype), shared_values,
+                               preferred_element_type=f32)
     return (out / total[..., None]).reshape(batch, 1, heads, head_dim).astype(q.dtype)

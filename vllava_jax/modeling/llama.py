@@ -14,7 +14,7 @@ from flax import nnx
 from vllava_jax.config import DTypePolicy, TextConfig
 from vllava_jax.modeling import kv_cache
 from vllava_jax.modeling.attention import causal_attention, masked_attention
-from vllava_jax.modeling.kv_cache import KVCache
+from vllava_jax.modeling.kv_cache import KVCache, SharedKV
 from vllava_jax.modeling.layers import Dense, RMSNorm, matmul_2d, param, scan_layers, stacked
 from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_tables
 from vllava_jax.sharding import constrain
@@ -48,12 +48,13 @@ class LlamaAttention(nnx.Module):
         """Queries and keys (rotated) and values of `x`, (batch, len, heads or kv_heads, head_dim)."""
         return apply_rotary(self.q(x), cos, sin), apply_rotary(self.k(x), cos, sin), self.v(x)
 
-    def one_token(self, x, cos, sin, keys, values, earlier):
+    def one_token(self, x, cos, sin, keys, values, earlier, shared=None):
         """Decoding: x (batch, 1, embed) attends to itself and to this layer's cached `keys`/`values`
-        (batch, kv_heads, slots, head_dim) where `earlier` (batch, slots); returns the output and
-        x's (k, v), for the caller to write into the cache."""
+        (batch, kv_heads, slots, head_dim) where `earlier` (batch, slots), and to this layer's
+        `shared` entries (`kv_cache.attend_one_token`); returns the output and x's (k, v), for the
+        caller to write into the cache."""
         q, k, v = self.project(x, cos, sin)
-        return self.o(kv_cache.attend_one_token(q, k, v, keys, values, earlier)), (k, v)
+        return self.o(kv_cache.attend_one_token(q, k, v, keys, values, earlier, shared)), (k, v)
 
 
 class LlamaMLP(nnx.Module):
@@ -80,9 +81,9 @@ class LlamaLayer(nnx.Module):
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
-    def one_token(self, x, cos, sin, keys, values, earlier):
+    def one_token(self, x, cos, sin, keys, values, earlier, shared=None):
         """`LlamaAttention.one_token`, then the MLP: the layer's output and x's (k, v)."""
-        h, new = self.attn.one_token(self.input_layernorm(x), cos, sin, keys, values, earlier)
+        h, new = self.attn.one_token(self.input_layernorm(x), cos, sin, keys, values, earlier, shared)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), new
 
@@ -138,18 +139,23 @@ class LlamaDecoder(nnx.Module):
         return h
 
     def cached(
-        self, inputs_embeds: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache, slot: jax.Array
+        self, inputs_embeds: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache, slot: jax.Array,
+        *, columns: jax.Array | None = None, shared: SharedKV | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Run `len` new tokens written at cache slots [slot, slot + len); returns the last hidden state.
 
         `token_mask` (batch, len) says which new tokens are real (left padding in a prompt is not).
-        A token attends to every valid slot up to its own.
+        A token attends to every valid slot up to its own. One token per row (decoding) may read
+        only the slots `columns` (an index array: those holding the rows' tokens, so a step's
+        reads follow what is cached, not the cache's size) and may attend to `shared` entries too.
         """
         length = inputs_embeds.shape[1]
         cos, sin = self._rotary(positions)
         h = inputs_embeds.astype(self.policy.compute_dtype)
         if length == 1:
-            return self._one_token(h, cos, sin, token_mask, cache, slot)
+            return self._one_token(h, cos, sin, token_mask, cache, slot, columns, shared)
+        if columns is not None or shared is not None:
+            raise ValueError("columns and shared are for one token per row (decoding)")
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, slot))
         slots = jnp.arange(valid.shape[1])
         causal = slots[None, :] <= (slot + jnp.arange(length))[:, None]
@@ -165,7 +171,8 @@ class LlamaDecoder(nnx.Module):
                                              xs=jnp.arange(self.cfg.num_hidden_layers))
         return h[:, -1], KVCache(keys, values, valid)
 
-    def _one_token(self, h, cos, sin, token_mask, cache: KVCache, slot) -> tuple[jax.Array, KVCache]:
+    def _one_token(self, h, cos, sin, token_mask, cache: KVCache, slot, columns=None, shared=None
+                   ) -> tuple[jax.Array, KVCache]:
         """`cached` for one token per row (decoding): every layer reads its cache as it came in
         (the slots valid so far are the earlier tokens) and the new keys and values of all layers
         are written after the last layer, so each write follows every read of what it overwrites
@@ -174,11 +181,19 @@ class LlamaDecoder(nnx.Module):
         The cache may hold more rows than the batch: the batch is its first rows, and the rows
         past it are neither read nor written (the serving engine steps only the rows in use)."""
         batch = h.shape[0]
+        earlier = cache.valid[:batch] if columns is None else jnp.take(cache.valid[:batch], columns, axis=1)
 
         def body(layer: LlamaLayer, h, index):
             keys, values = (jax.lax.dynamic_index_in_dim(c, index, keepdims=False)[:batch]
                             for c in (cache.keys, cache.values))
-            return layer.one_token(h, cos, sin, keys, values, cache.valid[:batch])
+            if columns is not None:
+                keys, values = (jnp.take(x, columns, axis=2) for x in (keys, values))
+            common = None
+            if shared is not None:
+                entries, width = shared.visible.shape[1:]
+                common = (*(jax.lax.dynamic_index_in_dim(c, index, keepdims=False)[:entries, :, :width]
+                            for c in (shared.keys, shared.values)), shared.visible)
+            return layer.one_token(h, cos, sin, keys, values, earlier, common)
 
         h, new = scan_layers(self.layers, h, body, xs=jnp.arange(self.cfg.num_hidden_layers))
         keys, values = kv_cache.write((cache.keys, cache.values), new, 0, slot)

@@ -4,7 +4,8 @@
 
 CKPT is any directory `load_pretrained` reads that also holds the tokenizer files (as for
 `python -m vllava_jax.generate`). Requests join one continuously batched decode loop of up to
-`--max-batch` answers; each question about a video already seen reuses its visual features.
+`--max-batch` answers; each question about a video already seen reuses its visual features and
+the prompt up to the video (keys and values computed once: only the question is prefilled).
 Media come inside the request as data: URLs, or as file:// URLs under `--media-root`.
 The API key can also come from the environment variable VLLAVA_API_KEY (kept out of `ps`).
 """
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=16, help="answers decoded together at most")
     parser.add_argument("--max-length", type=int, help="prompt + answer tokens per request at most "
                         "(default: the model's context)")
+    parser.add_argument("--max-prefixes", type=int, default=4, help="prompt prefixes (text up to the last medium) "
+                        "kept for reuse by later questions about the same media; each takes the cache memory of "
+                        "one --max-length row (0: off)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="parameter/compute dtype")
     parser.add_argument("--media-root", metavar="DIR", help="directory whose files requests may name by file:// URL "
                         "(default: none; media come as data: URLs)")
@@ -48,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--port must be in 0..65535, got {args.port}")
     if args.max_batch < 1:
         parser.error(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.max_prefixes < 0:
+        parser.error(f"--max-prefixes must be 0 or more, got {args.max_prefixes}")
     if args.max_length is not None and args.max_length < 2:
         parser.error(f"--max-length must be at least 2, got {args.max_length}")
     if args.max_body_mb <= 0:
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
 
         model = peft.load_adapter(model, args.adapter)
     service = build_service(model, processor, model_id=epath.Path(args.model).name, template=args.template,
-                            max_batch=args.max_batch, max_length=args.max_length, media_root=args.media_root)
+                            max_batch=args.max_batch, max_length=args.max_length, media_root=args.media_root,
+                            max_prefixes=args.max_prefixes)
     app = create_app(service, api_key=args.api_key, max_body_bytes=int(args.max_body_mb * (1 << 20)))
     host, port = sock.getsockname()[:2]
     print(f"serving {service.model_id} on http://{host}:{port}/ (OpenAI API under /v1)", flush=True)

@@ -250,10 +250,11 @@ class Reply:
 
 
 def build_service(model, processor: Processor, *, model_id: str, template: str = "llava_v1", max_batch: int = 16,
-                  max_length: int | None = None, media_root: str | None = None) -> ChatService:
+                  max_length: int | None = None, media_root: str | None = None, max_prefixes: int = 4) -> ChatService:
     """An engine over `model` with a feature cache keyed as the media loader keys media, and the service around it."""
     max_length = max_length or model.config.text_config.max_position_embeddings
     cache = FeatureCache(model, fingerprint=preprocessing_fingerprint(processor))
-    engine = engine_lib.Engine(model, max_batch=max_batch, max_length=max_length, feature_cache=cache)
+    engine = engine_lib.Engine(model, max_batch=max_batch, max_length=max_length, feature_cache=cache,
+                               max_prefixes=max_prefixes)
     return ChatService(engine, processor, model_id=model_id, template=template, max_length=max_length,
                        media_root=media_root)

@@ -13,6 +13,14 @@ one per step, so running streams keep flowing through a burst of arrivals. Only 
 thread touches the device state and the FeatureCache (other threads submit, cancel, and compute
 media keys with `FeatureCache.bytes_key`).
 
+Prefix reuse: a prompt with media is split after its last visual token. The part up to there
+(system prompt, earlier text, the media) is run once into an entry of the prefix store, keyed by
+its token ids and media keys, and every request that starts the same way (another question about
+the same video) runs only its question after that entry; decode steps read the entry once for
+all rows that continue it. An entry is refilled only when no request in flight continues it (the
+least recently used such one); when every entry is in use, a newcomer runs its whole prompt in its
+row, as a prompt without media always does.
+
 Steps are dispatched one ahead of the host: step t+1 is queued before step t's tokens are read,
 so the device does not wait for the host between steps. The price is that a row that chose an
 EOS at step t computes one more (ignored) token at step t+1.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import threading
 from typing import Callable, NamedTuple
@@ -76,8 +85,22 @@ class _Job:
         self.cancelled = False  # set from any thread; read by the engine thread at step boundaries
         self.finished = False
         self.row: int | None = None
-        self.dispatched = 0     # tokens the programs queued so far will have chosen
+        self.entry: int | None = None  # the prefix entry its row continues
+        self.prompt_columns = 0  # columns of its row its prompt (or the rest after the prefix) holds
+        self.admitted_at = 0     # the engine's step count when it was admitted
+        self.dispatched = 0      # tokens the programs queued so far will have chosen
         self.emitted = 0
+
+
+@dataclasses.dataclass
+class _Prefix:
+    """What an entry of the prefix store holds, as the engine thread tracks it."""
+
+    key: str
+    length: int     # tokens of the prefix
+    width: int      # columns it fills (its length padded to pad_to_multiple)
+    users: int = 0  # requests in flight that continue it
+    last_used: int = 0
 
 
 class Ticket:
@@ -92,20 +115,24 @@ class Ticket:
 
 class Engine:
     def __init__(self, model, *, max_batch: int = 16, max_length: int | None = None,
-                 feature_cache: FeatureCache | None = None, pad_to_multiple: int = 64):
+                 feature_cache: FeatureCache | None = None, pad_to_multiple: int = 64, max_prefixes: int = 4):
         """`max_batch` requests decode at once, each in a row of `max_length` cache columns (prompt +
-        new tokens; default and at most the model's context). Memory: 2 x layers x max_batch x
-        max_length x kv_heads x head_dim values; a step reads every column of the rows it runs
-        (the rows in use, rounded up to a power of two), so a max_length well below the context
-        makes steps cheaper where prompts are short."""
+        new tokens; default and at most the model's context), and `max_prefixes` prompt prefixes
+        (up to the last medium) are kept for reuse, 0 for none. Memory: 2 x layers x (max_batch +
+        max_prefixes) x max_length x kv_heads x head_dim values. A step reads, of the rows in use
+        (rounded up to a power of two), the columns their requests wrote (rounded likewise), and
+        the prefixes they continue."""
         self.model = model
         self.context = model.config.text_config.max_position_embeddings
         self.max_length = self.context if max_length is None else max_length
         if not 0 < self.max_length <= self.context:
             raise ValueError(f"max_length {self.max_length} must be in [1, {self.context}] (the model's context)")
-        if max_batch < 1 or pad_to_multiple < 1:
-            raise ValueError(f"max_batch {max_batch} and pad_to_multiple {pad_to_multiple} must be positive")
+        if max_batch < 1 or pad_to_multiple < 1 or max_prefixes < 0:
+            raise ValueError(f"max_batch {max_batch} and pad_to_multiple {pad_to_multiple} must be positive, "
+                             f"max_prefixes {max_prefixes} not negative")
         self.max_batch, self.pad_to_multiple = max_batch, pad_to_multiple
+        self.prefix_columns = -(-self.max_length // pad_to_multiple) * pad_to_multiple  # a padded prefix fits
+        self.visual_token_ids = (model.config.image_token_index, model.config.video_token_index)
         self.feature_cache = FeatureCache(model) if feature_cache is None else feature_cache
         defaults = generation.sampling_config(model.config)
         self.eos_token_ids, self.pad_token_id = frozenset(defaults.eos_token_ids), defaults.pad_token_id
@@ -118,6 +145,9 @@ class Engine:
         self._rows: list[_Job | None] = [None] * max_batch
         self._in_flight: collections.deque[tuple[jax.Array, list[tuple[int, _Job]]]] = collections.deque()
         self._slots: slots.Slots | None = None
+        self._prefixes: list[_Prefix | None] = [None] * max_prefixes
+        self.prefix_fills = 0  # prefixes run into the store
+        self.prefix_hits = 0   # requests admitted after a prefix already in the store
         self.steps = 0  # decode steps dispatched (each one token for every row in use)
         self.steps_by_rows: collections.Counter[int] = collections.Counter()  # steps per program's row count
         self.moves = 0  # rows moved down to keep the rows in use at the front
@@ -241,7 +271,8 @@ class Engine:
             self.moves += 1
 
     def _admit(self) -> None:
-        """Admit queued requests into free rows: towers for unseen media, then each prompt alone.
+        """Admit queued requests into free rows: towers for unseen media, then each prompt alone
+        (or its rest after a stored prefix).
 
         While other rows are decoding, one per step, so a burst of newcomers delays their tokens
         by one prefill at a time, not by all the prefills of the burst; into an idle engine, all
@@ -250,28 +281,84 @@ class Engine:
         while self._queue and None in self._rows and not (decoding and admitted):
             job = self._queue.popleft()
             row = self._rows.index(None)
-            request = job.request
             try:
-                images = self._features("image", request.images)
-                videos = self._features("video", request.videos)
-                sampling = generation.SamplingConfig(max_new_tokens=request.max_new_tokens,
-                                                     pad_token_id=self.pad_token_id)
-                ids, mask, _ = generation.prepare_prompt(self.model, request.prompt_ids, None, images, videos,
-                                                         sampling, self.pad_to_multiple)
+                with self._device():
+                    if self._slots is None:
+                        self._slots = slots.Slots.empty(self.model, self.max_batch, self.max_length,
+                                                        len(self._prefixes), self.prefix_columns)
+                    first = self._run_prompt(job, row)
             except Exception as error:
                 self._finish(job, None, error)
                 continue
-            with self._device():
-                if self._slots is None:
-                    self._slots = slots.Slots.empty(self.model, self.max_batch, self.max_length)
-                self._slots, first = slots.admit(
-                    self.model.graphdef, self.model.state, self._slots, np.int32(row), ids.astype(np.int32),
-                    mask.astype(np.int32), images, videos, jax.random.key(request.seed),
-                    np.float32(request.temperature), np.float32(request.top_p))
-            job.row, job.dispatched = row, 1
+            job.row, job.dispatched, job.admitted_at = row, 1, self.steps
             self._rows[row] = job
             admitted += 1
             self._in_flight.append((first, [(0, job)]))
+
+    def _run_prompt(self, job: _Job, row: int) -> jax.Array:
+        """Queue the program that puts `job`'s prompt in `row` (after a stored prefix when it can);
+        returns the first chosen token (1,)."""
+        request = job.request
+        sampling = generation.SamplingConfig(max_new_tokens=request.max_new_tokens, pad_token_id=self.pad_token_id)
+        choice = (jax.random.key(request.seed), np.float32(request.temperature), np.float32(request.top_p))
+        split = self._split(request)
+        entry = None if split is None else self._entry_for(split[0])
+        if entry is None:
+            ids, mask, _ = self._prepare(request.prompt_ids, request.images, request.videos, sampling)
+            self._slots, first = slots.admit(self.model.graphdef, self.model.state, self._slots, np.int32(row), ids,
+                                             mask, *self._media_features(request), *choice)
+            job.prompt_columns = len(request.prompt_ids)
+            return first
+        key, prefix_ids, rest_ids = split
+        stored = self._prefixes[entry]
+        if stored is None or stored.key != key:
+            self._prefixes[entry] = None  # until the fill below is queued
+            ids, mask, _ = self._prepare(prefix_ids, request.images, request.videos, sampling)
+            self._slots = slots.fill_prefix(self.model.graphdef, self.model.state, self._slots, np.int32(entry), ids,
+                                            mask, *self._media_features(request))
+            stored = self._prefixes[entry] = _Prefix(key, len(prefix_ids), ids.shape[1])
+            self.prefix_fills += 1
+        else:
+            self.prefix_hits += 1
+        ids, mask, _ = self._prepare(rest_ids, (), (), sampling)
+        self._slots, first = slots.admit_after_prefix(
+            self.model.graphdef, self.model.state, self._slots, np.int32(row), np.int32(entry),
+            np.int32(stored.length), ids, mask, *choice)
+        stored.users += 1
+        stored.last_used = self.steps
+        job.entry, job.prompt_columns = entry, len(rest_ids)
+        return first
+
+    def _prepare(self, ids, images, videos, sampling) -> tuple[np.ndarray, np.ndarray, int]:
+        return generation.prepare_prompt(self.model, ids, None, _stack("images", images), _stack("videos", videos),
+                                         sampling, self.pad_to_multiple)
+
+    def _media_features(self, request: Request) -> tuple[jax.Array | None, jax.Array | None]:
+        return self._features("image", request.images), self._features("video", request.videos)
+
+    def _split(self, request: Request) -> tuple[str, np.ndarray, np.ndarray] | None:
+        """(prefix key, prefix ids, rest ids) of a prompt with media, split after its last visual
+        token; None when it has no media or nothing follows them, or the engine keeps no prefixes."""
+        ids = np.asarray(request.prompt_ids, np.int32)
+        visual = np.flatnonzero(np.isin(ids, self.visual_token_ids))
+        if not self._prefixes or not visual.size or visual[-1] + 1 == ids.size:
+            return None
+        cut = visual[-1] + 1
+        digest = hashlib.sha256(ids[:cut].tobytes())
+        for medium in (*request.images, *request.videos):
+            digest.update(b"\0" + medium.key.encode())
+        return digest.hexdigest(), ids[:cut], ids[cut:]
+
+    def _entry_for(self, key: str) -> int | None:
+        """The entry holding prefix `key`, else the one to fill with it (an empty one, else the least
+        recently used one no request in flight continues), else None."""
+        for entry, stored in enumerate(self._prefixes):
+            if stored is not None and stored.key == key:
+                return entry
+        if None in self._prefixes:
+            return self._prefixes.index(None)
+        idle = [(stored.last_used, entry) for entry, stored in enumerate(self._prefixes) if not stored.users]
+        return min(idle)[1] if idle else None
 
     def _features(self, kind: str, media: tuple[Medium, ...]) -> jax.Array | None:
         """The projected features of `media` in order (2-D, what prefill takes), running the tower
@@ -295,8 +382,15 @@ class Engine:
         if not live:
             return False
         rows = self._bucket(live[-1][0] + 1)
+        columns = self._slots.cache.valid.shape[1]
+        span = max(job.prompt_columns + self.steps - job.admitted_at for _, job in live)
+        window = 1 << (span - 1).bit_length()  # a power of two: few programs
+        entries = [job.entry for _, job in live if job.entry is not None]
+        count = min(1 << max(entries).bit_length(), len(self._prefixes)) if entries else 0  # a power of two
+        width = max((self._prefixes[e].width for e in entries), default=0)
         with self._device():
-            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, rows)
+            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, rows,
+                                             window if window < columns else None, count, width)
         self.steps += 1
         self.steps_by_rows[tokens.shape[0]] += 1
         for _, job in live:
@@ -327,7 +421,9 @@ class Engine:
         _send(job, Event(None, reason, error))
 
     def _release(self, job: _Job) -> None:
-        """Mark the job finished and free its row."""
+        """Mark the job finished and free its row (and its hold on its prefix entry)."""
+        if not job.finished and job.entry is not None and self._prefixes[job.entry] is not None:
+            self._prefixes[job.entry].users -= 1
         job.finished = True
         if job.row is not None and self._rows[job.row] is job:
             self._rows[job.row] = None
@@ -338,6 +434,7 @@ class Engine:
                 self._finish(job, None, error)
         self._in_flight.clear()
         self._slots = None
+        self._prefixes = [None] * len(self._prefixes)
 
 
 def _send(job: _Job, event: Event) -> bool:

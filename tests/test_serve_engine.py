@@ -346,7 +346,7 @@ MESH_SCRIPT = textwrap.dedent("""
     from jax.sharding import PartitionSpec as P
     from tests import oracle
     from vllava_jax import generation
-    from vllava_jax.serve.engine import Engine, Request
+    from vllava_jax.serve.engine import Engine, Medium, Request
     from vllava_jax.sharding import make_mesh, shard_state
 
     config = vllava_jax.VideoLlavaConfig.from_hf_dict(oracle.hf_config().to_dict())
@@ -354,24 +354,32 @@ MESH_SCRIPT = textwrap.dedent("""
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     model.state, model.mesh = shard_state(model.state, mesh), mesh
     rng = np.random.default_rng(0)
+    video = Medium("video:mesh", rng.standard_normal((1, 3, 3, 28, 28)).astype(np.float32)[0])
+    start = oracle.make_ids(rng, [2, ("video", 15)])
     prompts = [oracle.make_ids(rng, [n]).astype(np.int32) for n in (5, 19)]
+    prompts += [np.concatenate([start, oracle.make_ids(rng, [n])]).astype(np.int32) for n in (3, 8)]
+    media = [None, None, video, video]  # the last two: one stored prefix, two questions after it
     sampling = generation.sampling_config(model.config, 16)
-    expected = [[t for t in generation.generate(model, p[None], sampling=sampling, pad_to_multiple=32)[0, len(p):]
-                 if t not in sampling.eos_token_ids] for p in prompts]
+    expected = [[t for t in generation.generate(model, p[None], None, None, None if m is None else m.pixels[None],
+                                                sampling=sampling, pad_to_multiple=32)[0, len(p):]
+                 if t not in sampling.eos_token_ids] for p, m in zip(prompts, media)]
     engine = Engine(model, max_batch=4, max_length=48, pad_to_multiple=32)
     engine.start()
     answers, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
-    for answer, finished, prompt in zip(answers, done, prompts):
-        engine.submit(Request(prompt, max_new_tokens=16),
+    for answer, finished, prompt, medium in zip(answers, done, prompts, media):
+        engine.submit(Request(prompt, videos=() if medium is None else (medium,), max_new_tokens=16),
                       lambda event, a=answer, f=finished: f.set() if event.token is None else a.append(event.token))
-    assert all(finished.wait(120) for finished in done)
+    assert all(finished.wait(300) for finished in done)
     assert engine._slots.cache.keys.sharding.spec == P(None, ("data", "fsdp"), "tensor")
+    assert (engine.prefix_fills, engine.prefix_hits) == (1, 1)
     engine.close()
-    assert answers == expected and expected[0] != expected[1] and min(map(len, expected)) >= 8, (answers, expected)
+    assert answers == expected and len(set(map(tuple, expected))) == 4 and min(map(len, expected)) >= 8, (
+        answers, expected)
     print("OK")
 """)
 
 
 def test_bfloat16_model_on_a_mesh():
-    """Rows split over data x fsdp and kv heads over tensor, answers still generate's."""
+    """Rows split over data x fsdp and kv heads over tensor, answers still generate's, questions
+    after a stored prefix included."""
     run_on_8_devices(MESH_SCRIPT)

@@ -18,6 +18,10 @@ bfloat16 and saves it; we load that checkpoint.
   and the decode roofline fraction: tokens/s over what the device's memory bandwidth (measured
   here, from a large on-device copy) allows when each step reads the decoder's parameters and the
   filled KV cache once.
+- Serving (ours only: transformers has no continuous batching): the serving engine on that 7B
+  model, new tokens/s with 16 requests in flight (2 with --tiny) against one at a time, each a
+  different question after the same system prompt and clip (features cached, prefix stored;
+  `benchmarks.serve_engine`), --new-tokens as generation's.
 The JSON (DIR/accelerator.json) is rewritten after every figure, so a run cut short still leaves
 what it measured. --tiny runs the same code with tiny shapes on any backend (CI runs it on a CPU).
 """
@@ -43,6 +47,7 @@ from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
 import vllava_jax
 from benchmarks.common import IMAGE_TOKEN, VIDEO_TOKEN, VOCAB, median_seconds, synchronize, video_prompt
 from benchmarks.generation import decode_rate, generation_timers
+from benchmarks.serve_engine import measure as measure_serving
 from benchmarks.train_step import jitted_step, labelled_batch, reference_step
 from vllava_jax.config import DTypePolicy
 from vllava_jax.train import flops, partition
@@ -223,6 +228,22 @@ def generation_figures(report: Report, shapes: Shapes, device: torch.device, ban
         roofline = batch * bandwidth / (params + batch * cache)
         report.add(f"decode b{batch} fraction of memory roofline", ours_rate / roofline, ref_rate / roofline,
                    unit="fraction", roofline_tok_s=roofline, bytes_per_step=params + batch * cache)
+    del reference
+    gc.collect()
+    serving_figures(report, ours, shapes)
+
+
+def serving_figures(report: Report, ours, shapes: Shapes) -> None:
+    """The engine's tokens/s, max(generation_batches) requests in flight vs one at a time (4 requests)."""
+    in_flight, question = max(shapes.generation_batches), shapes.prompt_text_tokens
+    image_size = shapes.vision["image_size"]
+    prompt = 5 + FRAMES * ((image_size // shapes.vision["patch_size"]) ** 2 + 1) + question
+    max_length = -(-(prompt + shapes.new_tokens) // 64) * 64
+    figures = measure_serving(ours, [in_flight], 4, shapes.new_tokens, image_size, question, max_length, 4)
+    (_, alone, alone_s, _), (_, together, together_s, steps) = figures
+    rate_alone, rate_together = (n * shapes.new_tokens / t for n, t in ((alone, alone_s), (together, together_s)))
+    report.add(f"serve {in_flight} in flight vs 1 at a time (ours)", rate_together, rate_alone, unit="tok/s",
+               prompt_tokens=prompt, steps=steps)
 
 
 def main() -> None:

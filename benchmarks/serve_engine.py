@@ -4,21 +4,21 @@
                                       [--max-prefixes 4]
 
 The engine alone (no HTTP; benchmarks/serve.py measures the server): the small config with
-random weights, float32, CPU, EOS disabled so every request decodes exactly --new-tokens;
-each request a different question after the same system prompt and 8-frame clip, whose features
-are cached and whose prompt prefix is stored by the first request (so a request's cost is its
-question's prefill and its decode steps; with --max-prefixes 0, its whole prompt's prefill). "1 at a time" submits --sequential
-requests, each when the previous one has finished; a round of N clients submits N requests at
-once (as benchmarks/serve.py); tokens/s = requests x new tokens / wall time. The engine has
-max(--clients) rows throughout, and steps over the rows in use (rounded up to a power of two), so
-"1 at a time" runs as fast as the engine runs one request. Programs are compiled by a warm-up
-round first.
+random weights, float32, CPU, EOS disabled (`Engine(eos_token_ids=())`) so every request decodes
+exactly --new-tokens; each request a different question after the same system prompt and 8-frame
+clip, whose features are cached and whose prompt prefix is stored by the first request (so a
+request's cost is its question's prefill and its decode steps; with --max-prefixes 0, its whole
+prompt's prefill). "1 at a time" submits --sequential requests, each when the previous one has
+finished; a round of N clients submits N requests at once (as benchmarks/serve.py); tokens/s =
+requests x new tokens / wall time. The engine has max(--clients) rows throughout, and steps over
+the rows in use (rounded up to a power of two), so "1 at a time" runs as fast as the engine runs
+one request. Programs are compiled by a warm-up round first. `benchmarks.accelerator` runs
+`measure` on the 7B shape.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import threading
 import time
@@ -58,6 +58,25 @@ def run(engine: Engine, work: list[Request], clients: int) -> tuple[float, str]:
     return seconds, " ".join(f"{rows}x{steps}" for rows, steps in sorted(engine.steps_by_rows.items()))
 
 
+def measure(model, clients: list[int], sequential: int, new_tokens: int, image_size: int, question_tokens: int,
+            max_length: int, max_prefixes: int) -> list[tuple[int, int, float, str]]:
+    """(clients, requests, seconds, steps) for one at a time (clients 1, `sequential` requests) and
+    for each round of `clients` requests at once, on an engine of max(clients) rows, after a warm-up
+    that compiles the step programs of every row count and window the rounds use (newcomers join a
+    busy engine one per step), caches the clip's features and stores its prefix."""
+    rows = max(clients)
+    engine = Engine(model, max_batch=rows, max_length=max_length, max_prefixes=max_prefixes, eos_token_ids=())
+    engine.start()
+    try:
+        work = requests(rows, new_tokens, image_size, question_tokens)
+        run(engine, work, rows)
+        run(engine, work[:1], 1)
+        figures = [(1, sequential, *run(engine, work[:sequential], 1))]
+        return figures + [(count, count, *run(engine, work[:count], count)) for count in clients]
+    finally:
+        engine.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 16], help="requests in flight at once")
@@ -69,24 +88,13 @@ def main() -> None:
     parser.add_argument("--max-prefixes", type=int, default=4, help="the engine's stored prompt prefixes (0: off)")
     args = parser.parse_args()
 
-    config = vllava_jax.VideoLlavaConfig.from_hf_dict(small_config(args.image_size).to_dict())
-    config = dataclasses.replace(config, text_config=dataclasses.replace(config.text_config, eos_token_id=None))
-    model = vllava_jax.VideoLlava.random(config)
-    rows = max(args.clients)
-    engine = Engine(model, max_batch=rows, max_length=args.max_length, max_prefixes=args.max_prefixes)
-    engine.start()
-    work = requests(rows, args.new_tokens, args.image_size, args.question_tokens)
-    # compiles the step program of every row count and window the timed rounds use (newcomers join a
-    # busy engine one per step), caches the clip's features and stores its prefix
-    run(engine, work, rows)
-    run(engine, work[:1], 1)
-    figures = [(1, args.sequential, *run(engine, work[: args.sequential], 1))]
-    figures += [(clients, clients, *run(engine, work[:clients], clients)) for clients in args.clients]
-    engine.close()
-
-    print(f"float32, CPU, {os.cpu_count()} cores, small config, prompt {len(work[0].prompt_ids)} tokens "
-          f"(8 frames at {args.image_size}px, features cached), {args.new_tokens} new tokens, max_batch {rows}, "
-          f"max_length {args.max_length}, max_prefixes {args.max_prefixes}")
+    model = vllava_jax.VideoLlava.random(vllava_jax.VideoLlavaConfig.from_hf_dict(small_config(args.image_size).to_dict()))
+    figures = measure(model, args.clients, args.sequential, args.new_tokens, args.image_size, args.question_tokens,
+                      args.max_length, args.max_prefixes)
+    prompt = len(requests(1, 1, args.image_size, args.question_tokens)[0].prompt_ids)
+    print(f"float32, CPU, {os.cpu_count()} cores, small config, prompt {prompt} tokens "
+          f"(8 frames at {args.image_size}px, features cached), {args.new_tokens} new tokens, max_batch "
+          f"{max(args.clients)}, max_length {args.max_length}, max_prefixes {args.max_prefixes}")
     print("| clients | requests | seconds | tokens/s | vs 1 at a time | decode steps (rows x steps) |")
     print("| --- | --- | --- | --- | --- | --- |")
     sequential = args.sequential * args.new_tokens / figures[0][2]

@@ -18,7 +18,7 @@ BLOCKED = ("av", "grain", "tensorflow_datasets", "tensorflow", "ml_collections")
 FIGURES = ["measured bf16 matmul peak", "measured memory bandwidth", "train step compile", "train step-0 loss",
            "train first step incl. compile/warm-up", "train step",
            "train model TFLOP per step (ours: labelled logits; ref: every logit)", "train MFU vs dense bf16 peak",
-           "train MFU vs measured bf16 matmul"]
+           "train MFU vs measured bf16 matmul", "serve 2 in flight vs 1 at a time (ours)"]
 PER_BATCH = ["generate b{} first call incl. compile", "prefill b{}", "decode b{}", "stream b{} (ours) vs generate (ours)",
              "decode b{} fraction of memory roofline"]
 

@@ -115,13 +115,15 @@ class Ticket:
 
 class Engine:
     def __init__(self, model, *, max_batch: int = 16, max_length: int | None = None,
-                 feature_cache: FeatureCache | None = None, pad_to_multiple: int = 64, max_prefixes: int = 4):
+                 feature_cache: FeatureCache | None = None, pad_to_multiple: int = 64, max_prefixes: int = 4,
+                 eos_token_ids: tuple[int, ...] | None = None):
         """`max_batch` requests decode at once, each in a row of `max_length` cache columns (prompt +
         new tokens; default and at most the model's context), and `max_prefixes` prompt prefixes
         (up to the last medium) are kept for reuse, 0 for none. Memory: 2 x layers x (max_batch +
         max_prefixes) x max_length x kv_heads x head_dim values. A step reads, of the rows in use
         (rounded up to a power of two), the columns their requests wrote (rounded likewise), and
-        the prefixes they continue."""
+        the prefixes they continue. `eos_token_ids` end an answer (default: the model config's; ()
+        for none, so that every answer runs its max_new_tokens, as a benchmark wants)."""
         self.model = model
         self.context = model.config.text_config.max_position_embeddings
         self.max_length = self.context if max_length is None else max_length
@@ -135,7 +137,8 @@ class Engine:
         self.visual_token_ids = (model.config.image_token_index, model.config.video_token_index)
         self.feature_cache = FeatureCache(model) if feature_cache is None else feature_cache
         defaults = generation.sampling_config(model.config)
-        self.eos_token_ids, self.pad_token_id = frozenset(defaults.eos_token_ids), defaults.pad_token_id
+        self.eos_token_ids = frozenset(defaults.eos_token_ids if eos_token_ids is None else eos_token_ids)
+        self.pad_token_id = defaults.pad_token_id
         self._condition = threading.Condition()
         self._arrivals: collections.deque[_Job] = collections.deque()  # guarded by _condition
         self._closing = False

@@ -228,8 +228,10 @@ def generation_figures(report: Report, shapes: Shapes, device: torch.device, ban
         roofline = batch * bandwidth / (params + batch * cache)
         report.add(f"decode b{batch} fraction of memory roofline", ours_rate / roofline, ref_rate / roofline,
                    unit="fraction", roofline_tok_s=roofline, bytes_per_step=params + batch * cache)
-    del reference
+    del timers, reference  # the timers' closures hold the reference model
     gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     serving_figures(report, ours, shapes)
 
 

@@ -126,10 +126,11 @@ def main() -> None:
         log = open(os.path.join(tmp, "server.log"), "w")
         server, url = start_server(model_dir, root, max(args.clients), args.max_length, args.max_prefixes, log)
         try:
-            # warm-up: compiles the step programs the rounds use (every row count, and one row alone),
-            # computes the clip's features and stores the prompt's prefix
-            round_rate(url, clip, max(args.clients), args.new_tokens, True)
+            # warm-up, a round of each: compiles the step programs the rounds use, computes the clip's
+            # features and stores the prompt's prefix
             round_rate(url, clip, 1, args.new_tokens, False)
+            for clients in args.clients:
+                round_rate(url, clip, clients, args.new_tokens, True)
             rates: dict[int, list[float]] = {c: [] for c in [0, *args.clients]}  # 0: one client at a time
             for run in range(args.runs):
                 rates[0].append(round_rate(url, clip, args.sequential, args.new_tokens, False))

@@ -62,15 +62,15 @@ def measure(model, clients: list[int], sequential: int, new_tokens: int, image_s
             max_length: int, max_prefixes: int) -> list[tuple[int, int, float, str]]:
     """(clients, requests, seconds, steps) for one at a time (clients 1, `sequential` requests) and
     for each round of `clients` requests at once, on an engine of max(clients) rows, after a warm-up
-    that compiles the step programs of every row count and window the rounds use (newcomers join a
-    busy engine one per step), caches the clip's features and stores its prefix."""
+    round of each that compiles the step programs the rounds use, caches the clip's features and
+    stores its prefix."""
     rows = max(clients)
     engine = Engine(model, max_batch=rows, max_length=max_length, max_prefixes=max_prefixes, eos_token_ids=())
     engine.start()
     try:
         work = requests(rows, new_tokens, image_size, question_tokens)
-        run(engine, work, rows)
-        run(engine, work[:1], 1)
+        for count in (1, *clients):
+            run(engine, work[:count], count)
         figures = [(1, sequential, *run(engine, work[:sequential], 1))]
         return figures + [(count, count, *run(engine, work[:count], count)) for count in clients]
     finally:

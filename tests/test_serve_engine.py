@@ -234,8 +234,10 @@ def questions_about_one_video(model, media):
 def test_questions_after_a_stored_prefix_run_only_their_rest(model, questions_about_one_video):
     """The first question about the video fills the prefix store, the others (together, then one
     more alone) run only their rest after it; a question after other text fills another entry.
-    Every answer is generate's."""
-    engine = make_engine(model)
+    Every answer is generate's. The engine pads to 8 and its rows are long enough that steps read
+    windows of them, growing with the answers (16, 32, then 64 columns)."""
+    engine = Engine(model, max_batch=ROWS, max_length=8 * PAD_TO, pad_to_multiple=8)
+    engine.start()
     try:
         same, other = questions_about_one_video[:3], questions_about_one_video[3:]
         first = Collector()
@@ -248,6 +250,23 @@ def test_questions_after_a_stored_prefix_run_only_their_rest(model, questions_ab
         assert [c.wait().tokens for c in collectors] == [answer for _, answer in same + other]
         assert (engine.prefix_fills, engine.prefix_hits) == (2, 3)
         assert engine.feature_cache.tower_runs == 1
+        assert set(engine.steps_by_window) == {16, 32, 64}
+    finally:
+        engine.close()
+
+
+def test_a_cancelled_request_releases_its_prefix_entry(model, questions_about_one_video):
+    """With one entry: a request cancelled mid-answer lets the next request (another prefix) refill
+    the entry instead of running its whole prompt."""
+    engine = make_engine(model, max_prefixes=1)
+    try:
+        tickets = []
+        cancelled = Collector(on_token=lambda c: len(c.tokens) == 3 and tickets[0].cancel())
+        tickets.append(engine.submit(questions_about_one_video[0][0], cancelled))
+        assert cancelled.wait().final == Event(None, "cancelled")
+        request, answer = questions_about_one_video[3]
+        engine.submit(request, after := Collector())
+        assert after.wait().tokens == answer and (engine.prefix_fills, engine.prefix_hits) == (2, 0)
     finally:
         engine.close()
 
@@ -324,7 +343,8 @@ def test_programs_update_the_cache_in_place(model, rows, window, entries):
     entry) and `admit` alias the donated cache to their output, and `step` writes no array the
     size of the cache but in place (as generation's decode loop)."""
     state = slots.Slots.empty(model, ROWS, COLUMNS, 1, 2 * PAD_TO)
-    cache_bytes = state.cache.keys.nbytes + state.cache.values.nbytes
+    cache_bytes = sum(x.nbytes for x in (state.cache.keys, state.cache.values, state.prefixes.keys,
+                                         state.prefixes.values))
     ids = np.ones((1, PAD_TO), np.int32)
     admit = slots.admit.lower(model.graphdef, model.state, state, np.int32(1), ids, ids, None, None,
                               jax.random.key(0), np.float32(0), np.float32(1)).compile()

@@ -179,7 +179,9 @@ class LlamaDecoder(nnx.Module):
         and XLA updates the cache in place with no copy (`kv_cache.attend_one_token`).
 
         The cache may hold more rows than the batch: the batch is its first rows, and the rows
-        past it are neither read nor written (the serving engine steps only the rows in use)."""
+        past it are neither read nor written (the serving engine steps only the rows in use).
+        With `columns`, each layer reads only those slots of its rows; with `shared`, each layer's
+        entries join the attention (`kv_cache.attend_one_token`)."""
         batch = h.shape[0]
         earlier = cache.valid[:batch] if columns is None else jnp.take(cache.valid[:batch], columns, axis=1)
 

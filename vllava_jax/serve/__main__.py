@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default: the model's context)")
     parser.add_argument("--max-prefixes", type=int, default=4, help="prompt prefixes (text up to the last medium) "
                         "kept for reuse by later questions about the same media; each takes the cache memory of "
-                        "one --max-length row (0: off)")
+                        "one --max-length row, on every device of the batch axes (0: off)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="parameter/compute dtype")
     parser.add_argument("--media-root", metavar="DIR", help="directory whose files requests may name by file:// URL "
                         "(default: none; media come as data: URLs)")

@@ -153,6 +153,7 @@ class Engine:
         self.prefix_hits = 0   # requests admitted after a prefix already in the store
         self.steps = 0  # decode steps dispatched (each one token for every row in use)
         self.steps_by_rows: collections.Counter[int] = collections.Counter()  # steps per program's row count
+        self.steps_by_window: collections.Counter[int | None] = collections.Counter()  # per columns read (None: all)
         self.moves = 0  # rows moved down to keep the rows in use at the front
 
     @property
@@ -385,21 +386,27 @@ class Engine:
         if not live:
             return False
         rows = self._bucket(live[-1][0] + 1)
-        columns = self._slots.cache.valid.shape[1]
-        span = max(job.prompt_columns + self.steps - job.admitted_at for _, job in live)
-        window = 1 << (span - 1).bit_length()  # a power of two: few programs
+        window = self._window(max(job.prompt_columns + self.steps - job.admitted_at for _, job in live))
         entries = [job.entry for _, job in live if job.entry is not None]
         count = min(1 << max(entries).bit_length(), len(self._prefixes)) if entries else 0  # a power of two
         width = max((self._prefixes[e].width for e in entries), default=0)
         with self._device():
-            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, rows,
-                                             window if window < columns else None, count, width)
+            self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, rows, window,
+                                             count, width)
         self.steps += 1
         self.steps_by_rows[tokens.shape[0]] += 1
+        self.steps_by_window[window] += 1
         for _, job in live:
             job.dispatched += 1
         self._in_flight.append((tokens, live))
         return True
+
+    def _window(self, span: int) -> int | None:
+        """The ring columns a step reads when the live rows wrote the last `span`: a power of two of
+        at least 2 x pad_to_multiple (few step programs), or None (every column) past a quarter of
+        the columns, where gathering the window (read, written, read again) costs more than it saves."""
+        window = max(1 << (span - 1).bit_length(), 1 << (2 * self.pad_to_multiple - 1).bit_length())
+        return window if 4 * window <= self._slots.cache.valid.shape[1] else None
 
     def _read(self, keep: int) -> None:
         """Read the tokens of all but the newest `keep` queued programs and send them on."""

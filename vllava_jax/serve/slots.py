@@ -25,9 +25,11 @@ in flight, not the cache's size. The engine keeps the rows in use at the front (
 row down when others leave) and picks these static sizes per step: a step program per
 combination, compiled the first time it runs; no host input per step besides them.
 
-All programs take the state donated and update the cache in place (no copy per step). `admit`
-and `admit_after_prefix` compile once per padded prompt length (prompts are padded to the
-engine's `pad_to_multiple`), `admit` and `fill_prefix` per media shape.
+All programs take the state donated and update the cache in place (no copy per step). `admit`,
+`fill_prefix` and `admit_after_prefix` compile once per padded prompt (or prefix, or rest) length
+(padded to the engine's `pad_to_multiple`), `admit` and `fill_prefix` per media shape too.
+The prefix store is not split over the batch axes (every row may read every entry): on a mesh
+each device of the data x fsdp axes holds all of it.
 """
 
 from __future__ import annotations
@@ -144,7 +146,9 @@ def admit_after_prefix(graphdef, state, slots: Slots, row, entry, prefix_length,
     """Run the rest of a prompt (1, padded length; text only) after prefix `entry` of
     `prefix_length` tokens, and put it in `row`, as `admit` puts a whole prompt: the rest attends
     to the entry's columns and causally to itself, at the positions that follow the prefix.
-    Returns the state and the first chosen token (1,)."""
+    The entry is copied into a one-row cache in front of the rest (the prompt path `generate`
+    runs), so the admission reads and writes one entry's columns once, and its prefill's
+    attention spans them. Returns the state and the first chosen token (1,)."""
     lm = nnx.merge(graphdef, state).language_model
     length, width = input_ids.shape[1], slots.prefixes.valid.shape[1]
     # a one-row cache holding the entry, then room for the rest: the prompt path as generate runs it

@@ -37,7 +37,7 @@ def model_config() -> dict:
 STAGES = {
     # stage: (trainable parameter-path regexes, template, steps, peak learning rate)
     "stage1": (preset("stage1"), "plain", 60, 2e-3),
-    "stage2": (preset("full"), "vicuna_v1", 1500, 2e-3),  # the towers too
+    "stage2": (preset("full"), "vicuna_v1", 1500, 1e-3),  # the towers too
 }
 
 # Stage 2's mix of (video, image) QA. Direction is learned early; binding a color to the asked

@@ -50,8 +50,8 @@ from vllava_jax.sharding import mesh_context
 log = logging.getLogger(__name__)
 
 # The rest of a prompt after a stored prefix (a question: tens of tokens) is padded to a multiple of
-# this, not of pad_to_multiple: padded to 64, a 24-token question's prefill cost the small config
-# 100 ms against 56 ms padded to 16 (2-core CPU); the price is an admit program per 16 tokens of rest.
+# this, not of pad_to_multiple: padding a short question to 64 nearly doubles the prefill of its
+# admission (benchmarks/BENCHMARKS.md, serving engine); the price is an admit program per 16 tokens.
 REST_PAD_TO = 16
 
 

@@ -90,7 +90,8 @@ def test_tiny_config_compiles_reports_and_a_small_budget_fails(capsys):
 
     The train step's checks pass on 16 rows split over 4 chips: each row's visual features stay on its
     chip (a merge indexing the whole batch's features moves them all through an all-gather and an
-    all-reduce on every chip, and fails the checks)."""
+    all-reduce on every chip, and fails the checks), and so do its logits in the LM head's
+    every-position branch (a loop over rows all-reduced each row's (384 x 256) logits, and fails them)."""
     assert aot.main(["aot", *TINY, "--hbm_gib=0.03"]) == 1
     captured = capsys.readouterr()
     out = captured.out
@@ -100,7 +101,7 @@ def test_tiny_config_compiles_reports_and_a_small_budget_fails(capsys):
         assert "arguments" in section and "temporaries" in section
         assert "all-gather" in section and "GiB in all" in section
         assert "checks (" in section and "FAILED" not in section
-    assert "holding a microbatch's video features" in train
+    assert "holding a microbatch's video features or a row's logits" in train
     assert "verdict: does not fit in 0.03 GiB (short by" in train
     assert "verdict: fits in 0.03 GiB" in generation
     assert "MFU" in train and "days" in train

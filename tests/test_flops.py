@@ -7,9 +7,9 @@ What still differs, term by term (the second assertion holds the sum to 1% of th
 
 - attention: XLA multiplies the whole L x L score matrix (masked, not skipped) forward and
   backward; `step_flops` counts the causal half a token sees, the model FLOPs convention;
-- LM head: `answer_loss` is a `cond` whose costlier branch (every position, row by row, its
-  logits recomputed for the backward) is what a static count sees; `step_flops` counts the
-  labelled positions the taken branch computes;
+- LM head: `answer_loss` is a `cond` whose costlier branch (every position, in chunks of
+  positions over every row, its logits recomputed for the backward) is what a static count sees;
+  `step_flops` counts the labelled positions the taken branch computes;
 - elementwise work (norms, softmax, activations, the AdamW update), which XLA counts and model
   FLOPs do not: the gap between `cost_analysis()` and the matmul FLOPs.
 """

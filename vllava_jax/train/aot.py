@@ -224,6 +224,9 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
     for found in program.collectives_holding(rows * video_tokens * text.hidden_size)[:3]:
         problems.append(f"a collective holding a whole microbatch's video features ({rows} rows x {video_tokens} "
                         f"tokens x {text.hidden_size}): rows' media do not stay on their rows' chips: {found}")
+    for found in program.collectives_ending_in((config.max_length, text.vocab_size))[:3]:
+        problems.append(f"a collective holding a whole row's logits ({config.max_length} positions x vocab "
+                        f"{text.vocab_size}): the LM head's rows do not stay on their rows' chips: {found}")
     for found in program.float_arrays_ending_in({config.max_length})[:3]:
         problems.append(f"(L x L) float array, L = max_length {config.max_length}: {found}")
     print_checks(problems, TRAIN_CHECKS)
@@ -281,7 +284,8 @@ def generation_report(args, model_config, devices, tensor: int, budget) -> Verdi
 
 
 TRAIN_CHECKS = ("no decoder parameter or moment left whole on every chip of an fsdp x tensor group; no collective "
-                "larger than one decoder layer or holding a microbatch's video features; no (L x L) float array")
+                "larger than one decoder layer or holding a microbatch's video features or a row's logits; no "
+                "(L x L) float array")
 
 
 def print_checks(problems: list[str], checked: str = "no (L x L) float array") -> None:

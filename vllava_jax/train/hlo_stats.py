@@ -171,6 +171,11 @@ class Program:
         return self._arrays_where(lambda ins, computation, dtype, dims: dtype in FLOAT_TYPES and len(dims) >= 2
                                   and dims[-1] == dims[-2] and dims[-1] in sizes)
 
+    def collectives_ending_in(self, dims: tuple[int, ...]) -> list[str]:
+        """Collectives whose buffer holds an array whose shape ends in `dims`, whatever its dtype."""
+        return self._arrays_where(lambda ins, computation, dtype, shape: _collective_kind(ins, computation) is not None
+                                  and tuple(shape[-len(dims):]) == tuple(dims))
+
     def collectives_holding(self, elements: int) -> list[str]:
         """Collectives whose buffer holds an array of at least `elements` elements, whatever its dtype."""
         return self._arrays_where(lambda ins, computation, dtype, dims: _collective_kind(ins, computation) is not None

@@ -90,5 +90,15 @@ def jit_train_step(graphdef, optimizer: optax.GradientTransformation, state: Tra
     """
     state_sharding, frozen_sharding = shardings_of(state), shardings_of(frozen)
     step = functools.partial(train_step, graphdef, optimizer, param_shardings=state_sharding.params)
+    platform = next(iter(jax.tree.leaves(state_sharding)[0].device_set)).platform
     return jax.jit(step, in_shardings=(state_sharding, frozen_sharding, batch_sharding),
-                   out_shardings=(state_sharding, None), donate_argnums=0)
+                   out_shardings=(state_sharding, None), donate_argnums=0,
+                   compiler_options=TPU_COMPILER_OPTIONS if platform == "tpu" else None)
+
+
+# XLA's TPU partitioner may run an FSDP-split decoder's matmuls as windowed einsums (activation
+# blocks passed around the ring) instead of gathering each layer's weights: it did for stage 2 on
+# v5p-64, at twice the model FLOPs and three times the HBM bytes (benchmarks/BENCHMARKS.md); with
+# these off it gathers the weights, as on the larger slices.
+TPU_COMPILER_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                        "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}

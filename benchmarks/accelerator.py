@@ -47,7 +47,7 @@ from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
 import vllava_jax
 from benchmarks.common import IMAGE_TOKEN, VIDEO_TOKEN, VOCAB, median_seconds, synchronize, video_prompt
 from benchmarks.generation import decode_rate, generation_timers
-from benchmarks.serve_engine import measure as measure_serving
+from benchmarks import serve_engine
 from benchmarks.train_step import jitted_step, labelled_batch, reference_step
 from vllava_jax.config import DTypePolicy
 from vllava_jax.train import flops, partition
@@ -239,9 +239,9 @@ def serving_figures(report: Report, ours, shapes: Shapes) -> None:
     """The engine's tokens/s, max(generation_batches) requests in flight vs one at a time (4 requests)."""
     in_flight, question = max(shapes.generation_batches), shapes.prompt_text_tokens
     image_size = shapes.vision["image_size"]
-    prompt = 5 + FRAMES * ((image_size // shapes.vision["patch_size"]) ** 2 + 1) + question
+    prompt = len(serve_engine.requests(1, 1, image_size, question)[0].prompt_ids)
     max_length = -(-(prompt + shapes.new_tokens) // 64) * 64
-    figures = measure_serving(ours, [in_flight], 4, shapes.new_tokens, image_size, question, max_length, 4)
+    figures = serve_engine.measure(ours, [in_flight], 4, shapes.new_tokens, image_size, question, max_length, 4)
     (_, alone, alone_s, _), (_, together, together_s, steps) = figures
     rate_alone, rate_together = (n * shapes.new_tokens / t for n, t in ((alone, alone_s), (together, together_s)))
     report.add(f"serve {in_flight} in flight vs 1 at a time (ours)", rate_together, rate_alone, unit="tok/s",

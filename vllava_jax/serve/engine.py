@@ -313,23 +313,25 @@ class Engine:
         split = self._split(request)
         entry = None if split is None else self._entry_for(split[0])
         if entry is None:
-            ids, mask, _ = self._prepare(request.prompt_ids, request.images, request.videos, sampling)
+            features = self._media_features(request)
+            ids, mask, _ = self._prepare(request.prompt_ids, *features, sampling)
             self._slots, first = slots.admit(self.model.graphdef, self.model.state, self._slots, np.int32(row), ids,
-                                             mask, *self._media_features(request), *choice)
+                                             mask, *features, *choice)
             job.prompt_columns = len(request.prompt_ids)
             return first
         key, prefix_ids, rest_ids = split
         stored = self._prefixes[entry]
         if stored is None or stored.key != key:
             self._prefixes[entry] = None  # until the fill below is queued
-            ids, mask, _ = self._prepare(prefix_ids, request.images, request.videos, sampling)
+            features = self._media_features(request)
+            ids, mask, _ = self._prepare(prefix_ids, *features, sampling)
             self._slots = slots.fill_prefix(self.model.graphdef, self.model.state, self._slots, np.int32(entry), ids,
-                                            mask, *self._media_features(request))
+                                            mask, *features)
             stored = self._prefixes[entry] = _Prefix(key, len(prefix_ids), ids.shape[1])
             self.prefix_fills += 1
         else:
             self.prefix_hits += 1
-        ids, mask, _ = self._prepare(rest_ids, (), (), sampling, min(self.pad_to_multiple, REST_PAD_TO))
+        ids, mask, _ = self._prepare(rest_ids, None, None, sampling, min(self.pad_to_multiple, REST_PAD_TO))
         self._slots, first = slots.admit_after_prefix(
             self.model.graphdef, self.model.state, self._slots, np.int32(row), np.int32(entry),
             np.int32(stored.length), ids, mask, *choice)
@@ -340,8 +342,9 @@ class Engine:
 
     def _prepare(self, ids, images, videos, sampling, pad_to_multiple: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray, int]:
-        return generation.prepare_prompt(self.model, ids, None, _stack("images", images), _stack("videos", videos),
-                                         sampling, pad_to_multiple or self.pad_to_multiple)
+        """`generation.prepare_prompt` with the media's projected features (checked against the ids as pixels are)."""
+        return generation.prepare_prompt(self.model, ids, None, images, videos, sampling,
+                                         pad_to_multiple or self.pad_to_multiple)
 
     def _media_features(self, request: Request) -> tuple[jax.Array | None, jax.Array | None]:
         return self._features("image", request.images), self._features("video", request.videos)

@@ -86,7 +86,7 @@ TINY = Shapes(
     text=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
               max_position_embeddings=512),
     train_layers=2, train_rows=2, train_text_tokens=16, generation_layers=2, generation_batches=(1, 2),
-    prompt_text_tokens=8, new_tokens=6, matmul_size=256, copy_bytes=16 << 20, runs=1)
+    prompt_text_tokens=8, new_tokens=32, matmul_size=256, copy_bytes=16 << 20, runs=3)
 
 
 def hf_config(shapes: Shapes, layers: int) -> VideoLlavaConfig:

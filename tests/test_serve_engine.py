@@ -149,16 +149,32 @@ def test_requests_join_while_others_decode(model, cases):
         engine.close()
 
 
+def traced_programs():
+    """A list that grows by the name of each function jit traces from now on, and a function to stop."""
+    names = []
+
+    def listener(event: str, seconds: float, fun_name: str = "", **_) -> None:
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            names.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return names, lambda: jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def test_steps_run_over_the_rows_in_use_and_rows_move_down_when_others_leave(model, cases):
     """A lone request steps over one row; three requests over all three, and when the first leaves,
     the third (the longest) moves down into its row so that steps run over two rows, then one;
-    every answer is still generate's."""
-    engine = make_engine(model)
+    every answer is still generate's. `move` is compiled with the engine's state, before anyone
+    waits for tokens, not at the first departure (which would stall every stream in flight)."""
+    traced, stop = traced_programs()
+    engine = make_engine(model, max_prefixes=5)  # a state of its own shape: `move` is not compiled yet
     try:
         alone = Collector()
         engine.submit(cases[0][0], alone)
         assert_answers([alone], cases[:1])
         assert set(engine.steps_by_rows) == {1} and engine.moves == 0
+        assert "move" in traced
+        traced.clear()
         engine.steps_by_rows.clear()
         three = sorted(cases[:4], key=lambda case: len(case[1]))[1:]  # shortest first
         lengths = [len(expected) for _, expected, _ in three]
@@ -169,7 +185,9 @@ def test_steps_run_over_the_rows_in_use_and_rows_move_down_when_others_leave(mod
         assert_answers(collectors, three)
         assert engine.moves == 1  # row 2 to row 0 when row 0 left
         assert set(engine.steps_by_rows) == {1, 2, ROWS}
+        assert "move" not in traced
     finally:
+        stop()
         engine.close()
 
 

@@ -293,8 +293,7 @@ class Engine:
             try:
                 with self._device():
                     if self._slots is None:
-                        self._slots = slots.Slots.empty(self.model, self.max_batch, self.max_length,
-                                                        len(self._prefixes), self.prefix_columns)
+                        self._slots = self._empty_slots()
                     first = self._run_prompt(job, row)
             except Exception as error:
                 self._finish(job, None, error)
@@ -303,6 +302,13 @@ class Engine:
             self._rows[row] = job
             admitted += 1
             self._in_flight.append((first, [(0, job)]))
+
+    def _empty_slots(self) -> slots.Slots:
+        """Fresh device state, with `move` compiled on it (a row moved onto itself): the first
+        departure that moves a row then does not stall every stream in flight for a compile."""
+        fresh = slots.Slots.empty(self.model, self.max_batch, self.max_length, len(self._prefixes),
+                                  self.prefix_columns)
+        return slots.move(fresh, np.int32(0), np.int32(0)) if self.max_batch > 1 else fresh
 
     def _run_prompt(self, job: _Job, row: int) -> jax.Array:
         """Queue the program that puts `job`'s prompt in `row` (after a stored prefix when it can);

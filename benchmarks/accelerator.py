@@ -23,18 +23,21 @@ bfloat16 and saves it; we load that checkpoint.
   different question after the same system prompt and clip (features cached, prefix stored;
   `benchmarks.serve_engine`), --new-tokens as generation's.
 The JSON (DIR/accelerator.json) is rewritten after every figure, so a run cut short still leaves
-what it measured. --tiny runs the same code with tiny shapes on any backend (CI runs it on a CPU).
+what it measured; a section that fails (train step, generation, serving) is recorded there with its
+traceback and the others still run (exit status 1 then). --tiny runs the same code with tiny shapes on any backend (CI runs it on a CPU).
 """
 
 from __future__ import annotations
 
-import os
 import argparse
 import dataclasses
 import gc
 import json
+import os
+import sys
 import tempfile
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -109,20 +112,36 @@ def save_reference(config: VideoLlavaConfig, path: str, device: torch.device):
 
 
 class Report:
-    """The figures so far, rewritten to DIR/accelerator.json (atomically) after each one."""
+    """The figures so far and the sections that failed, rewritten to DIR/accelerator.json
+    (atomically) after each one."""
 
     def __init__(self, out: epath.Path, meta: dict):
         self.path = out / "accelerator.json"
-        self.data = {"meta": meta, "figures": {}}
+        self.data = {"meta": meta, "figures": {}, "failed": {}}
         out.mkdir(parents=True, exist_ok=True)
+
+    def _write(self) -> None:
+        partial = self.path.parent / (self.path.name + ".tmp")
+        partial.write_text(json.dumps(self.data, indent=1))
+        partial.replace(self.path)
+
+    def run_section(self, name: str, figures, *args):
+        """`figures(*args)`'s result; if it raises, its traceback is recorded under "failed" and
+        printed, and None returned, so that one section's failure (an out-of-memory, a kernel the
+        device refuses) does not cost the figures of the others in a one-shot device run."""
+        try:
+            return figures(*args)
+        except Exception:
+            self.data["failed"][name] = traceback.format_exc()
+            self._write()
+            print(f"section {name!r} failed:\n{self.data['failed'][name]}", file=sys.stderr, flush=True)
+            return None
 
     def add(self, name: str, ours=None, reference=None, unit: str = "", ratio: float | None = None, **extra) -> None:
         if ratio is None and ours is not None and reference:
             ratio = ours / reference
         self.data["figures"][name] = dict(ours=ours, reference=reference, ratio=ratio, unit=unit, **extra)
-        partial = self.path.parent / (self.path.name + ".tmp")
-        partial.write_text(json.dumps(self.data, indent=1))
-        partial.replace(self.path)
+        self._write()
         print(f"{name}: ours {_fmt(ours)} {unit}, reference {_fmt(reference)}, ratio {_fmt(ratio)}", flush=True)
 
     def table(self) -> str:
@@ -201,7 +220,9 @@ def decoder_bytes(ours) -> int:
     return total - (0 if tied else embed)
 
 
-def generation_figures(report: Report, shapes: Shapes, device: torch.device, bandwidth: float) -> None:
+def generation_figures(report: Report, shapes: Shapes, device: torch.device, bandwidth: float):
+    """Prefill, decode and stream figures at each batch; returns our model for the serving figures
+    (the reference freed)."""
     config = hf_config(shapes, shapes.generation_layers)
     image_size = shapes.vision["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,7 +253,7 @@ def generation_figures(report: Report, shapes: Shapes, device: torch.device, ban
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    serving_figures(report, ours, shapes)
+    return ours
 
 
 def serving_figures(report: Report, ours, shapes: Shapes) -> None:
@@ -272,16 +293,22 @@ def main() -> None:
                ratio=meta["matmul_peak_flops"] / peak if peak else None)
     bandwidth = memory_bandwidth(shapes.copy_bytes, shapes.runs)
     report.add("measured memory bandwidth", bandwidth / 1e9, unit="GB/s")
-    train_figures(report, shapes, layers, device, peak)
+    report.run_section("train step", train_figures, report, shapes, layers, device, peak)
     gc.collect()
     synchronize()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    generation_figures(report, shapes, device, bandwidth)
+    ours = report.run_section("generation", generation_figures, report, shapes, device, bandwidth)
+    if ours is not None:
+        report.run_section("serving", serving_figures, report, ours, shapes)
     print(f"\n{kind} ({jax.default_backend()}), jax {jax.__version__}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}; train step with {layers} decoder layers; medians of {shapes.runs}")
     print(report.table())
     print(f"wrote {report.path}")
+    if report.data["failed"]:
+        print(f"failed sections (tracebacks above and in the JSON): {', '.join(report.data['failed'])}",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

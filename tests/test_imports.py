@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
 BLOCKED = ("av", "grain", "tensorflow_datasets", "tensorflow", "ml_collections")
@@ -41,6 +43,7 @@ def test_tiny_accelerator_benchmark_runs_without_data_dependencies(tmp_path):
     """, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "accelerator.json").read_text())
+    assert report["failed"] == {}
     figures = report["figures"]
     batches = report["meta"]["shapes"]["generation_batches"]
     expected = FIGURES + [name.format(b) for b in batches for name in PER_BATCH]
@@ -53,3 +56,24 @@ def test_tiny_accelerator_benchmark_runs_without_data_dependencies(tmp_path):
     loss = figures["train step-0 loss"]
     assert abs(loss["ours"] - loss["reference"]) < 0.05 * loss["reference"]  # same weights, same batch
     assert "| train step (s) |" in result.stdout
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    """A one-shot device run keeps what it can: the train step failing (as an out-of-memory or a
+    refused kernel would) leaves its traceback in the JSON, generation and serving still run, and
+    the exit status says something failed."""
+    from benchmarks import accelerator
+
+    def refused(*_):
+        raise RuntimeError("kernel refused by the device")
+
+    monkeypatch.setattr(accelerator, "train_figures", refused)
+    monkeypatch.setattr(sys, "argv", ["accelerator", "--tiny", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_status:
+        accelerator.main()
+    assert exit_status.value.code == 1
+    report = json.loads((tmp_path / "accelerator.json").read_text())
+    assert list(report["failed"]) == ["train step"]
+    assert "RuntimeError: kernel refused by the device" in report["failed"]["train step"]
+    assert "train step" not in report["figures"]
+    assert {"decode b1", "decode b2", "serve 2 in flight vs 1 at a time (ours)"} <= set(report["figures"])

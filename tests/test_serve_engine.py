@@ -379,13 +379,15 @@ MESH_SCRIPT = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import threading
+    import jax
+    import jax.numpy as jnp
     import numpy as np
     import vllava_jax
     from jax.sharding import PartitionSpec as P
     from tests import oracle
     from vllava_jax import generation
     from vllava_jax.serve.engine import Engine, Medium, Request
-    from vllava_jax.sharding import make_mesh, shard_state
+    from vllava_jax.sharding import make_mesh, mesh_context, shard_state
 
     config = vllava_jax.VideoLlavaConfig.from_hf_dict(oracle.hf_config().to_dict())
     model = vllava_jax.VideoLlava.random(config, dtype="bfloat16", seed=1)
@@ -404,20 +406,54 @@ MESH_SCRIPT = textwrap.dedent("""
     engine = Engine(model, max_batch=4, max_length=48, pad_to_multiple=32)
     engine.start()
     answers, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
-    for answer, finished, prompt, medium in zip(answers, done, prompts, media):
+    reasons = [None] * len(prompts)
+
+    def collect(event, i):
+        if event.token is None:
+            reasons[i] = event.finish_reason
+            done[i].set()
+        else:
+            answers[i].append(event.token)
+
+    for i, (prompt, medium) in enumerate(zip(prompts, media)):
         engine.submit(Request(prompt, videos=() if medium is None else (medium,), max_new_tokens=16),
-                      lambda event, a=answer, f=finished: f.set() if event.token is None else a.append(event.token))
+                      lambda event, i=i: collect(event, i))
     assert all(finished.wait(300) for finished in done)
     assert engine._slots.cache.keys.sharding.spec == P(None, ("data", "fsdp"), "tensor")
     assert (engine.prefix_fills, engine.prefix_hits) == (1, 1)
     engine.close()
-    assert answers == expected and len(set(map(tuple, expected))) == 4 and min(map(len, expected)) >= 8, (
-        answers, expected)
+    assert len(set(map(tuple, expected))) == 4 and min(map(len, expected)) >= 8, expected
+
+    forward = jax.jit(lambda ids, videos: model.module(ids, jnp.ones_like(ids), None, videos))
+
+    def gaps(prompt, medium, answer, reason="length"):
+        # in bfloat16 steps, how far each chosen token's logit falls below the best, the model reading
+        # prompt + answer at once (and, for an answer that stopped, how far the best EOS falls)
+        ids = np.concatenate([prompt, np.asarray(answer, np.int32)])[None]
+        with mesh_context(mesh):
+            logits = np.asarray(forward(ids, None if medium is None else medium.pixels[None]), np.float32)[0]
+        logits = logits[len(prompt) - 1:]
+        best = logits.max(axis=1)
+        chosen = np.append(logits[np.arange(len(answer)), answer], logits[-1, list(sampling.eos_token_ids)].max())
+        ulp = 2.0 ** (np.floor(np.log2(np.abs(best))) - 7)  # of a bfloat16 the size of the best logit
+        return ((best - chosen) / ulp)[: len(answer) + (reason == "stop")]
+
+    for prompt, medium, answer, reason, alone in zip(prompts, media, answers, reasons, expected):
+        assert reason == "stop" or (reason, len(answer)) == ("length", 16), (reason, answer)
+        assert gaps(prompt, medium, answer, reason).max() <= 2, (answer, alone)
+    shuffled = [gaps(prompts[i], media[i], answers[i - 1]).max() for i in range(len(prompts))]
+    assert min(shuffled) > 20, shuffled  # the check has teeth: another row's answer is far from greedy
     print("OK")
 """)
 
 
 def test_bfloat16_model_on_a_mesh():
-    """Rows split over data x fsdp and kv heads over tensor, answers still generate's, questions
-    after a stored prefix included."""
+    """Rows split over data x fsdp and kv heads over tensor, questions after a stored prefix
+    included: each answer is greedy for the model reading its prompt and answer in one forward
+    pass, up to 2 bfloat16 steps of the best logit, and as long as `generate`'s.
+
+    Not token for token `generate`'s: bfloat16 logits of this size lie on a grid of 2^-6, so
+    several tokens often tie for the best, and which of them a program picks follows its rounding.
+    The engine's and generate's programs agree on jax 0.10.2 and part at such ties on 0.11.2 (in
+    float32 both versions agree exactly; the float32 tests here hold the engine to generate)."""
     run_on_8_devices(MESH_SCRIPT)

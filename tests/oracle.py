@@ -82,7 +82,8 @@ def make_ids(rng, pieces) -> np.ndarray:
     return np.asarray(row, np.int64)
 
 
-def reference_logits(model, input_ids, attention_mask=None, images=None, videos=None, position_ids=None):
+def reference_inputs(model, input_ids, attention_mask=None, images=None, videos=None, position_ids=None) -> dict:
+    """The keyword arguments of transformers' forward (and generate) for these inputs, as tensors."""
     kwargs = dict(input_ids=torch.as_tensor(input_ids))
     if attention_mask is not None:
         kwargs["attention_mask"] = torch.as_tensor(attention_mask)
@@ -93,5 +94,10 @@ def reference_logits(model, input_ids, attention_mask=None, images=None, videos=
         kwargs["pixel_values_videos"] = torch.as_tensor(videos)
     if position_ids is not None:
         kwargs["position_ids"] = torch.as_tensor(position_ids)
+    return kwargs
+
+
+def reference_logits(model, input_ids, attention_mask=None, images=None, videos=None, position_ids=None):
+    kwargs = reference_inputs(model, input_ids, attention_mask, images, videos, position_ids)
     with torch.no_grad():
         return model(**kwargs).logits.float().numpy()

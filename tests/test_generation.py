@@ -33,11 +33,7 @@ def model(checkpoint):
 def reference_generate(checkpoint, ids, mask, images, videos, new_tokens, eos=EOS):
     """transformers' greedy tokens, and per step the smallest top-2 logit margin over the batch."""
     ref = VideoLlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
-    kwargs = dict(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))
-    if images is not None:
-        kwargs["pixel_values"] = torch.as_tensor(images)
-    if videos is not None:
-        kwargs["pixel_values_videos"] = torch.as_tensor(videos)
+    kwargs = oracle.reference_inputs(ref, ids, mask, images, videos)
     with torch.no_grad():
         out = ref.generate(**kwargs, max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos,
                            pad_token_id=PAD, output_scores=True, return_dict_in_generate=True)

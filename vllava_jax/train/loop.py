@@ -106,6 +106,10 @@ class Logger:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
         self.events.scalars(step, scalars)
 
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+
 
 def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: DataIterator,
           steps: int | None = None) -> RunResult:
@@ -184,6 +188,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
                                                           data=ocp.args.JsonSave(data.get_state())),
                          force=step + 1 == end_step)  # the last step of a run is always kept
     finally:
+        logger.close()
         manager.wait_until_finished()
         manager.close()
     return RunResult(losses, state, frozen, graphdef)

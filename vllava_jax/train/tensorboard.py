@@ -16,3 +16,9 @@ class EventWriter:
         for tag, value in values.items():
             self._writer.add_scalar(tag, float(value), global_step=step)
         self._writer.flush()
+
+    def close(self) -> None:
+        """Stop the writer's worker thread now: left to tensorboardX's exit hook, stopping it would
+        start a thread at interpreter shutdown, which Python 3.12 refuses (a traceback after a run
+        that ended in an error)."""
+        self._writer.close()

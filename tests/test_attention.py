@@ -4,6 +4,7 @@ dispatch picks each platform's kernel by the compile target's platform."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -134,11 +135,44 @@ def test_lengths_branch_or_segment_kernel(layout):
     segment, else the Pallas kernel with segment ids. Here the fused kernel is XLA's (cuDNN needs a GPU),
     taking the very lengths cuDNN gets."""
     out = assert_matches_reference(
-        lambda ids: lambda q, k, v: attention.lengths_or_segments(q, k, v, ids, fused="xla"),
-        layout, 40, 2)
+        lambda ids: lambda q, k, v: attention.lengths_or_segments(q, k, v, ids, fused=XLA_FUSED), layout, 40, 2)
     padded = np.asarray(segment_ids(layout, 40) == 0)
     took_lengths = layout in ("no-padding", "right-padded")
     assert took_lengths == bool(np.all(np.asarray(out)[padded] == 0))  # the lengths branch zeroes padding
+
+
+XLA_FUSED = functools.partial(jax.nn.dot_product_attention, implementation="xla")
+
+
+def careless_fused(q, k, v, *, is_causal, query_seq_lengths, key_value_seq_lengths):
+    """XLA's attention with the given lengths, leaving NaN wherever a position is padded, forward
+    and backward: what a kernel that does not write padded positions may leave there."""
+    assert query_seq_lengths is key_value_seq_lengths
+
+    @jax.custom_vjp
+    def attend(q, k, v, lengths):
+        return attend_forward(q, k, v, lengths)[0]
+
+    def attend_forward(q, k, v, lengths):
+        real = (jnp.arange(q.shape[1])[None, :] < lengths[:, None])[:, :, None, None]
+        out, pullback = jax.vjp(lambda q, k, v: XLA_FUSED(q, k, v, is_causal=is_causal, query_seq_lengths=lengths,
+                                                          key_value_seq_lengths=lengths), q, k, v)
+        return jnp.where(real, out, jnp.nan), (pullback, real)
+
+    def attend_backward(residuals, d_out):
+        pullback, real = residuals
+        return (*(jnp.where(real, d, jnp.nan) for d in pullback(d_out)), None)
+
+    attend.defvjp(attend_forward, attend_backward)
+    return attend(q, k, v, query_seq_lengths)
+
+
+def test_lengths_branch_passes_on_nothing_a_fused_kernel_leaves_in_padding():
+    """Right-padded rows through a fused kernel that leaves NaN at padded positions of its output
+    and of its gradients: the output and the gradients still equal the reference (finite)."""
+    assert_matches_reference(
+        lambda ids: lambda q, k, v: attention.lengths_or_segments(q, k, v, ids, fused=careless_fused),
+        "right-padded", 40, 2)
 
 
 def test_towers_attention_is_xla_on_cpu():

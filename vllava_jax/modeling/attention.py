@@ -162,23 +162,47 @@ def _causal_xla(q, k, v, segment_ids):
 
 
 def lengths_or_segments(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                        fused: str = "cudnn") -> jax.Array:
-    """The GPU decoder path: `jax.nn.dot_product_attention(implementation=fused)` with causality and
-    per-row lengths when every row is one segment padded on the right (decided at run time), else
-    the Pallas GPU kernel with segment ids. `fused` is "cudnn" on GPUs, "xla" in tests on CPU."""
+                        fused: Callable[..., jax.Array] | None = None) -> jax.Array:
+    """The GPU decoder path: `fused` attention (default cuDNN's, `jax.nn.dot_product_attention`'s
+    signature) with causality and per-row lengths when every row is one segment padded on the right
+    (decided at run time), else the Pallas GPU kernel with segment ids. Tests on CPU pass XLA's.
+
+    What the fused kernel computes for padded positions is not relied on either way: cuDNN leaves
+    padded queries' outputs unwritten, so they are zeroed on the way out, and the gradients it
+    returns for padded positions are zeroed on the way back (selected, not multiplied: an unwritten
+    NaN times zero is still NaN), so nothing undefined reaches the projections' gradients."""
+    if fused is None:
+        fused = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
     length = q.shape[1]
     tokens = jnp.sum(segment_ids > 0, axis=1, dtype=jnp.int32)
     right_padded = (jnp.arange(length)[None, :] < tokens[:, None]).astype(jnp.int32)
     one_segment_each = jnp.all(segment_ids == right_padded)
 
     def with_lengths(q, k, v):
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=tokens,
-                                           key_value_seq_lengths=tokens, implementation=fused)
-        # cuDNN leaves padded queries' outputs unwritten; zero them so nothing undefined flows on
-        return jnp.where(right_padded[:, :, None, None] > 0, out, jnp.zeros((), out.dtype)).astype(q.dtype)
+        real = right_padded[:, :, None, None] > 0
+        q, k, v = (_zero_gradient_outside(x, real) for x in (q, k, v))
+        out = fused(q, k, v, is_causal=True, query_seq_lengths=tokens, key_value_seq_lengths=tokens)
+        return jnp.where(real, out, jnp.zeros((), out.dtype)).astype(q.dtype)
 
     with_segments = functools.partial(_per_shard(_causal_pallas_gpu), segment_ids=segment_ids)
     return jax.lax.cond(one_segment_each, with_lengths, with_segments, q, k, v)
+
+
+@jax.custom_vjp
+def _zero_gradient_outside(x: jax.Array, keep: jax.Array) -> jax.Array:
+    """`x`; its gradient is zero wherever `keep` (broadcast against it) is False, whatever arrives there."""
+    return x
+
+
+def _zero_gradient_outside_forward(x, keep):
+    return x, keep
+
+
+def _zero_gradient_outside_backward(keep, d_x):
+    return jnp.where(keep, d_x, jnp.zeros((), d_x.dtype)), None
+
+
+_zero_gradient_outside.defvjp(_zero_gradient_outside_forward, _zero_gradient_outside_backward)
 
 
 def _per_shard(kernel: Callable[..., jax.Array]) -> Callable[..., jax.Array]:

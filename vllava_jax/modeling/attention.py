@@ -28,7 +28,8 @@ Which implementation runs (`choose_implementation`):
   left-padded prompts) `pallas_gpu`, which takes segment ids natively. Left padding is not
   re-laid to the right.
 - `pallas_gpu`: `jax.experimental.pallas.ops.gpu.attention.mha` (Triton flash attention with
-  segment ids; heads repeated for GQA, length padded to its block).
+  segment ids; heads repeated for GQA, length padded to its block). Deprecated since jax 0.11 in
+  favor of tokamax; it is still in jax 0.12.
 - `pallas_tpu`: `jax.experimental.pallas.ops.tpu.flash_attention` (segment ids, causal; heads
   repeated for GQA, length padded to a multiple of 128). The towers stay on XLA there: 257 and
   8 tokens would be mostly padding in 128-token blocks.
@@ -64,7 +65,6 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
 from jax.experimental.pallas.ops.tpu import flash_attention as pallas_tpu
 
 from vllava_jax.errors import ConfigError
@@ -231,6 +231,10 @@ def _per_shard(kernel: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 
 
 def _causal_pallas_gpu(q, k, v, segment_ids):
+    # imported when traced: jax 0.11 deprecated this module (for tokamax, not a dependency of ours),
+    # so importing it with the package would warn every user and break every import once it goes
+    from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
+
     length, head_dim = q.shape[1], q.shape[3]
     block = min(128, max(16, 1 << (length - 1).bit_length()))  # powers of 2 from 16: backward blocks divide it
     sizes = pallas_gpu.BlockSizes(block_q=block, block_k=block, block_q_dkv=min(block, 32),

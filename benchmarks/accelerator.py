@@ -1,6 +1,6 @@
 """Accelerator figures in one call: the stage-2 train step and 7B generation, ours vs transformers.
 
-    python -m benchmarks.accelerator [--llm-layers 6] [--out DIR] [--tiny]
+    python -m benchmarks.accelerator [--llm-layers 6] [--out DIR] [--tiny] [--sections train generation serving]
 
 One process, one device, the same weights on both sides: transformers initializes each model in
 bfloat16 and saves it; we load that checkpoint.
@@ -23,8 +23,8 @@ bfloat16 and saves it; we load that checkpoint.
   different question after the same system prompt and clip (features cached, prefix stored;
   `benchmarks.serve_engine`), --new-tokens as generation's.
 The JSON (DIR/accelerator.json) is rewritten after every figure, so a run cut short still leaves
-what it measured; a section that fails (train step, generation, serving) is recorded there with its
-traceback and the others still run (exit status 1 then). --tiny runs the same code with tiny shapes on any backend (CI runs it on a CPU).
+what it measured; a section that fails (train, generation, serving) is recorded there with its
+traceback and the others still run (exit status 1 then); --sections reruns some of them. --tiny runs the same code with tiny shapes on any backend (CI runs it on a CPU).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from vllava_jax.train import flops, partition
 from vllava_jax.train.step import IGNORE
 
 FRAMES = 8
+SECTIONS = ("train", "generation", "serving")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,14 +221,17 @@ def decoder_bytes(ours) -> int:
     return total - (0 if tied else embed)
 
 
-def generation_figures(report: Report, shapes: Shapes, device: torch.device, bandwidth: float):
-    """Prefill, decode and stream figures at each batch; returns our model for the serving figures
-    (the reference freed)."""
-    config = hf_config(shapes, shapes.generation_layers)
-    image_size = shapes.vision["image_size"]
+def generation_models(shapes: Shapes, device: torch.device):
+    """(ours, reference): the generation shape's model, initialized and saved by transformers in
+    bfloat16, loaded by us."""
     with tempfile.TemporaryDirectory() as tmp:
-        reference = save_reference(config, tmp, device)
-        ours = vllava_jax.load_pretrained(tmp, dtype="bfloat16")
+        reference = save_reference(hf_config(shapes, shapes.generation_layers), tmp, device)
+        return vllava_jax.load_pretrained(tmp, dtype="bfloat16"), reference
+
+
+def generation_figures(report: Report, shapes: Shapes, ours, reference, bandwidth: float) -> None:
+    """Prefill, decode and stream figures at each batch, ours and the reference's."""
+    image_size = shapes.vision["image_size"]
     params = decoder_bytes(ours)
     text = ours.config.text_config
     for batch in shapes.generation_batches:
@@ -249,11 +253,6 @@ def generation_figures(report: Report, shapes: Shapes, device: torch.device, ban
         roofline = batch * bandwidth / (params + batch * cache)
         report.add(f"decode b{batch} fraction of memory roofline", ours_rate / roofline, ref_rate / roofline,
                    unit="fraction", roofline_tok_s=roofline, bytes_per_step=params + batch * cache)
-    del timers, reference  # the timers' closures hold the reference model
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return ours
 
 
 def serving_figures(report: Report, ours, shapes: Shapes) -> None:
@@ -269,12 +268,22 @@ def serving_figures(report: Report, ours, shapes: Shapes) -> None:
                prompt_tokens=prompt, steps=steps)
 
 
+def free_memory(device: torch.device) -> None:
+    """Give back what dropped objects held on the device, so the next section has it."""
+    gc.collect()
+    synchronize()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm-layers", type=int, default=None,
                         help="decoder layers of the train step's model (default 6; 2 with --tiny)")
     parser.add_argument("--out", default="accelerator_out", help="directory for accelerator.json")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: the same code in seconds on a CPU")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="what to measure (default all; e.g. a rerun of what a cut run missed)")
     args = parser.parse_args()
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # read when JAX starts its GPU client: torch shares it
     if args.llm_layers is not None and args.llm_layers < 1:
@@ -293,14 +302,19 @@ def main() -> None:
                ratio=meta["matmul_peak_flops"] / peak if peak else None)
     bandwidth = memory_bandwidth(shapes.copy_bytes, shapes.runs)
     report.add("measured memory bandwidth", bandwidth / 1e9, unit="GB/s")
-    report.run_section("train step", train_figures, report, shapes, layers, device, peak)
-    gc.collect()
-    synchronize()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    ours = report.run_section("generation", generation_figures, report, shapes, device, bandwidth)
-    if ours is not None:
-        report.run_section("serving", serving_figures, report, ours, shapes)
+    if "train" in args.sections:
+        report.run_section("train", train_figures, report, shapes, layers, device, peak)
+        free_memory(device)
+    if {"generation", "serving"} & set(args.sections):
+        models = report.run_section("loading the generation models", generation_models, shapes, device)
+        if models is not None:
+            ours, reference = models
+            if "generation" in args.sections:
+                report.run_section("generation", generation_figures, report, shapes, ours, reference, bandwidth)
+            del models, reference  # the serving engine gets the memory the reference held
+            free_memory(device)
+            if "serving" in args.sections:
+                report.run_section("serving", serving_figures, report, ours, shapes)
     print(f"\n{kind} ({jax.default_backend()}), jax {jax.__version__}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}; train step with {layers} decoder layers; medians of {shapes.runs}")
     print(report.table())

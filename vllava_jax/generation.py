@@ -22,6 +22,7 @@ from flax import nnx
 from vllava_jax.errors import InputError
 from vllava_jax.inputs import check_inputs, optional_array
 from vllava_jax.modeling.kv_cache import KVCache
+from vllava_jax.modeling.layers import GPU_WEIGHTS_READ_IN_PLACE
 from vllava_jax.modeling.video_llava import positions_from_mask
 from vllava_jax.sharding import mesh_context
 
@@ -110,7 +111,6 @@ def run_prompt(model, input_ids, attention_mask, images, videos, slots: int):
     return model.language_model.logits(hidden), cache, positions[:, -1] + 1
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7))
 def _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig):
     batch, length = input_ids.shape
     new = sampling.max_new_tokens
@@ -123,9 +123,8 @@ def _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, vide
     return Decoding(jnp.int32(1), done, tokens.at[:, 0].set(first), cache, positions, key)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=2)
-def decode_loop(graphdef, state, decoding: Decoding, stop, sampling: SamplingConfig) -> tuple[Decoding, Emitted]:
-    """The compiled program behind `decode` (public so its HLO can be inspected)."""
+def _decode_steps(graphdef, state, decoding: Decoding, stop, sampling: SamplingConfig) -> tuple[Decoding, Emitted]:
+    """Tokens chosen one step at a time in one device loop, until `stop` or every row's EOS."""
     model = nnx.merge(graphdef, state)
     prompt_length = decoding.cache.valid.shape[1] - sampling.max_new_tokens
 
@@ -145,14 +144,21 @@ def decode_loop(graphdef, state, decoding: Decoding, stop, sampling: SamplingCon
     return decoding, Emitted(decoding.tokens.copy(), decoding.step.copy())
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7))
+# The compiled programs behind `prefill` and `decode` (public so their HLO can be inspected); jit's
+# compiler options apply to top-level programs only, so `generate_program` runs the plain functions.
+prefill_program = jax.jit(_prefill_and_choose, static_argnums=(0, 7), compiler_options=GPU_WEIGHTS_READ_IN_PLACE)
+decode_loop = jax.jit(_decode_steps, static_argnums=(0, 4), donate_argnums=2,
+                      compiler_options=GPU_WEIGHTS_READ_IN_PLACE)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7), compiler_options=GPU_WEIGHTS_READ_IN_PLACE)
 def generate_program(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig
                      ) -> Emitted:
     """Prefill and the decode loop to `max_new_tokens` as one program: what `train.programs`
     compiles ahead of time for a pod (`generate` runs the same two steps as separate calls, so
     `stream` can share them)."""
     decoding = _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, videos, key, sampling)
-    _, emitted = decode_loop(graphdef, state, decoding, jnp.int32(sampling.max_new_tokens), sampling)
+    _, emitted = _decode_steps(graphdef, state, decoding, jnp.int32(sampling.max_new_tokens), sampling)
     return emitted
 
 
@@ -160,7 +166,7 @@ def prefill(model, input_ids, attention_mask, pixel_values_images, pixel_values_
             key: jax.Array) -> Decoding:
     """Run a prompt laid out by `prepare_prompt` and choose the first new token; returns the decode carry."""
     with mesh_context(model.mesh), jax.default_matmul_precision(model.policy.matmul_precision):
-        return _prefill_and_choose(model.graphdef, model.state, jnp.asarray(input_ids, jnp.int32),
+        return prefill_program(model.graphdef, model.state, jnp.asarray(input_ids, jnp.int32),
                                    jnp.asarray(attention_mask, jnp.int32), optional_array(pixel_values_images),
                                    optional_array(pixel_values_videos), key, sampling)
 

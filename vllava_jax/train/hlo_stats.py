@@ -11,7 +11,10 @@ a `conditional` by its costliest branch. Counted per chip (the HLO is one chip's
   write their outputs once; what stays inside a fusion never reaches HBM), as XLA models it;
 - collectives: all-gather, reduce-scatter (TPU emits it as an all-reduce inside an
   `all-reduce-scatter` fusion), all-reduce, all-to-all, collective-permute, with the size of the
-  whole buffer each one moves.
+  whole buffer each one moves;
+- slice copies: bytes written by top-level fusions that only slice (their root a `slice` or
+  `dynamic-slice`): a layer's weights copied out of their stack before a matmul reads them again,
+  where the matmul could have read them in place.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ FLOAT_TYPES = ("f16", "bf16", "f32", "f64")
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]")
 _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \((.*)\) -> .* \{$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.*)$")
 _FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "conditional", "call",
          "after-all", "partition-id", "replica-id", "opt-barrier", "all-gather-done", "all-reduce-done",
          "collective-permute-done", "async-done", "copy-done", "send-done", "recv-done"}
@@ -51,6 +54,7 @@ class Instruction:
     operands: list[str]
     attributes: str
     literal: str  # the text inside the parentheses (a constant's value)
+    root: bool = False  # its computation's result
 
 
 def _split_instruction(text: str) -> tuple[str, str, str, str]:
@@ -87,9 +91,10 @@ def parse(hlo: str) -> tuple[dict[str, list[Instruction]], str]:
             continue
         match = _INSTRUCTION.match(line) if current is not None else None
         if match:
-            shape, opcode, operands, attributes = _split_instruction(match.group(2))
+            shape, opcode, operands, attributes = _split_instruction(match.group(3))
             names = re.findall(r"%([\w.\-]+)", operands)
-            current.append(Instruction(match.group(1), shape, opcode, names, attributes, operands.strip()))
+            current.append(Instruction(match.group(2), shape, opcode, names, attributes, operands.strip(),
+                                       bool(match.group(1))))
     return computations, entry
 
 
@@ -100,10 +105,12 @@ class Cost:
     collectives: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> bytes
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> executions
     largest: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> max bytes
+    slice_copy_bytes: float = 0.0
 
     def add(self, other: Cost, times: float = 1.0) -> None:
         self.flops += other.flops * times
         self.hbm_bytes += other.hbm_bytes * times
+        self.slice_copy_bytes += other.slice_copy_bytes * times
         for kind in other.collectives:
             self.collectives[kind] += other.collectives[kind] * times
             self.counts[kind] += other.counts[kind] * times
@@ -115,11 +122,20 @@ def _called(attributes: str, key: str) -> list[str]:
     return re.findall(r"%([\w.\-]+)", match.group(1)) if match else []
 
 
-def trip_count(condition: list[Instruction]) -> int | None:
-    """A loop's bound: the positive integer constant its condition compares the counter against."""
-    bounds = [int(i.literal) for i in condition
-              if i.opcode == "constant" and re.fullmatch(r"[su]\d+\[\]", i.shape.split("{")[0])
-              and re.fullmatch(r"\d+", i.literal) and int(i.literal) > 0]
+def trip_count(loop: Instruction, computations: dict[str, list[Instruction]]) -> int | None:
+    """A `while`'s trip count: the one XLA states (`known_trip_count`, as the GPU compiler does), else
+    its bound: the positive integer constant its condition (or a fusion it calls, where the GPU
+    compiler puts the comparison) compares the counter against."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.attributes)
+    if known:
+        return int(known.group(1))
+    names, bounds = _called(loop.attributes, "condition"), []
+    while names:
+        for i in computations[names.pop()]:
+            if (i.opcode == "constant" and re.fullmatch(r"[su]\d+\[\]", i.shape.split("{")[0])
+                    and re.fullmatch(r"\d+", i.literal) and int(i.literal) > 0):
+                bounds.append(int(i.literal))
+            names.extend(_called(i.attributes, "calls"))
     return max(bounds) if bounds else None
 
 
@@ -151,9 +167,11 @@ class Program:
                 total.largest[kind] = max(total.largest[kind], size)
             if not name.startswith(("fused", "wrapped", "all-reduce-scatter")) and ins.opcode not in _FREE:
                 total.hbm_bytes += shape_bytes(ins.shape) + sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
+            if ins.opcode in ("fusion", "fusion-start"):
+                total.slice_copy_bytes += sum(self._sliced_bytes(callee) for callee in _called(ins.attributes, "calls"))
             if ins.opcode == "while":
-                body, condition = _called(ins.attributes, "body"), _called(ins.attributes, "condition")
-                trips = trip_count(self.computations[condition[0]]) if condition else None
+                body = _called(ins.attributes, "body")
+                trips = trip_count(ins, self.computations)
                 if trips is None:
                     self.unknown_loops += 1
                 total.add(self.cost(body[0]), trips or 1)
@@ -165,6 +183,11 @@ class Program:
                 for callee in _called(ins.attributes, "calls"):
                     total.add(self.cost(callee))
         return total
+
+    def _sliced_bytes(self, fused: str) -> float:
+        """The bytes a fusion writes if all it does is slice (its root is a slice), else 0."""
+        root = next(i for i in self.computations[fused] if i.root)
+        return shape_bytes(root.shape) if root.opcode in ("slice", "dynamic-slice") else 0.0
 
     def float_arrays_ending_in(self, sizes: set[int]) -> list[str]:
         """Instructions whose result holds a float array with two trailing dims (n, n), n in `sizes`."""

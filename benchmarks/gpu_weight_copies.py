@@ -1,0 +1,113 @@
+"""Layer weights copied out of their stacks by the 7B generate program, compiled here for an NVIDIA
+H200 without one.
+
+    pip install "jax[cuda12]"   # jax's CUDA plugin: compiling for a GPU needs it, not a GPU or a driver
+    python -m benchmarks.gpu_weight_copies [--batch 1] [--prompt 2112] [--new-tokens 128]
+
+The decoder's layers are scanned: each step of the scan slices its layer's weights out of the
+stacked arrays. XLA on NVIDIA GPUs materializes that slice (a fusion that only copies) before its
+Triton gemms read it, so a decode step, which is all weight reads, moves every weight three times
+(read, write, read again) where the memory roofline counts one. With the compiler options the
+generation and serving programs pass (`layers.GPU_WEIGHTS_READ_IN_PLACE`), cuBLAS reads each slice
+where it lies. This script compiles `train.programs.lower_generation` (towers + prompt prefill + the
+decode loop, bfloat16, one video per prompt) for an H200 described below, once as shipped and once
+with those options turned off, and counts the bytes of slices the compiled programs materialize
+(`hlo_stats`: loops counted by their trip counts). Per decode step comes from the difference between
+`--new-tokens` and one new token. No timing: compiled, never run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver here to check the CUDA libraries against
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs on its CPU; the GPU is only a compile target
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from configs import video_llava_7b_stage2  # noqa: E402
+from vllava_jax.config import DTypePolicy  # noqa: E402
+from vllava_jax.modeling.layers import GPU_WEIGHTS_READ_IN_PLACE  # noqa: E402
+from vllava_jax.modeling.video_llava import VideoLlavaModel  # noqa: E402
+from vllava_jax.sharding import make_mesh  # noqa: E402
+from vllava_jax.train import hlo_stats, programs  # noqa: E402
+from vllava_jax.train.build import build_model_config  # noqa: E402
+
+# NVIDIA H200 SXM (Hopper, sm_90): the facts XLA's GPU compiler plans kernels by.
+H200 = dict(threads_per_block_limit=1024, threads_per_warp=32, shared_memory_per_block=48 << 10,
+            shared_memory_per_core=228 << 10, shared_memory_per_block_optin=227 << 10, threads_per_core_limit=2048,
+            core_count=132, fpus_per_core=128, block_dim_limit_x=2**31 - 1, block_dim_limit_y=65535,
+            block_dim_limit_z=65535, memory_bandwidth=4_800_000_000_000, l2_cache_size=50 << 20, clock_rate_ghz=1.98,
+            device_memory_size=141_000_000_000, registers_per_core_limit=65536, registers_per_block_limit=65536)
+OPTIONS_OFF = {name: not value for name, value in GPU_WEIGHTS_READ_IN_PLACE.items()}
+
+
+def target_config(facts: dict, name: str = "NVIDIA H200") -> str:
+    """XLA's GPU target description (a GpuTargetConfigProto in text form)."""
+    fields = "\n".join(f"  {key}: {value}" for key, value in facts.items())
+    return (f"gpu_device_info {{\n{fields}\n  cuda_compute_capability {{ major: 9 minor: 0 }}\n}}\n"
+            f'platform_name: "CUDA"\ndnn_version_info {{ major: 9 minor: 10 }}\ndevice_description_str: "{name}"\n')
+
+
+def gpu_devices():
+    from jax.experimental import topologies
+
+    try:
+        return topologies.get_topology_desc(platform="cuda", topology="1x1x1", target_config=target_config(H200)).devices
+    except (NotImplementedError, RuntimeError) as e:
+        sys.exit(f'error: cannot compile for a GPU here ({e}); install jax\'s CUDA plugin: pip install "jax[cuda12]"')
+
+
+def copied_bytes(model_config, mesh, batch: int, prompt: int, new_tokens: int, options) -> tuple[float, float]:
+    """(bytes of slices the compiled generate program materializes, compile seconds)."""
+    start = time.perf_counter()
+    compiled = programs.lower_generation(model_config, mesh, batch, prompt, new_tokens).compile(options)
+    seconds = time.perf_counter() - start
+    return hlo_stats.Program(compiled.as_text()).cost().slice_copy_bytes, seconds
+
+
+def decoder_layer_bytes(model_config) -> int:
+    """Bytes of the decoder's layer weights in bfloat16: what a decode step must read of them."""
+    abstract = nnx.eval_shape(lambda: VideoLlavaModel(model_config, DTypePolicy.resolve("bfloat16"), nnx.Rngs(0)))
+    layers = nnx.state(abstract.language_model.layers)
+    return sum(leaf.size * 2 for leaf in jax.tree.leaves(layers))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1, help="prompts decoded together")
+    parser.add_argument("--prompt", type=int, default=2112, help="prompt tokens (one 8-frame video's 2,056 + text)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per prompt (at least 2)")
+    args = parser.parse_args()
+    if args.batch < 1 or args.new_tokens < 2 or args.prompt < 2057:
+        parser.error("--batch must be >= 1, --new-tokens >= 2, --prompt >= 2057 (a video and a question)")
+    model_config = build_model_config(video_llava_7b_stage2.get_config())
+    mesh = make_mesh(1, 1, 1, devices=gpu_devices())
+    rows = {}
+    for label, options in (("as shipped", None), ("options off", OPTIONS_OFF)):
+        whole, seconds = copied_bytes(model_config, mesh, args.batch, args.prompt, args.new_tokens, options)
+        prefill_only, _ = copied_bytes(model_config, mesh, args.batch, args.prompt, 1, options)
+        rows[label] = dict(whole=whole, per_step=(whole - prefill_only) / (args.new_tokens - 1), seconds=seconds)
+    layers = decoder_layer_bytes(model_config)
+    print(f"7B generate compiled for an {H200['core_count']}-SM H200 (deviceless, jax {jax.__version__}): batch "
+          f"{args.batch}, {args.prompt}-token prompt, {args.new_tokens} new tokens, bfloat16; decoder layers "
+          f"{layers / 1e9:.2f} GB")
+    print("| figure | as shipped | options off | shipped/off |")
+    print("| --- | --- | --- | --- |")
+    for name, key, scale, unit in (("slices copied per generate", "whole", 1e9, "GB"),
+                                   ("slices copied per decode step", "per_step", 1e9, "GB"),
+                                   ("compile", "seconds", 1, "s")):
+        ours, off = rows["as shipped"][key] / scale, rows["options off"][key] / scale
+        ratio = f"{ours / off:.3f}" if off else "-"
+        print(f"| {name} ({unit}) | {ours:.3f} | {off:.3f} | {ratio} |")
+    print(f"a decode step must read the decoder layers once ({layers / 1e9:.2f} GB); each GB copied costs two "
+          "more (its write and its second read)")
+
+
+if __name__ == "__main__":
+    main()

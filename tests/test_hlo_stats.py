@@ -1,0 +1,81 @@
+"""`hlo_stats` on hand-written HLO: what it counts is fixed here by arithmetic, not by a compiler."""
+
+from __future__ import annotations
+
+from vllava_jax.train import hlo_stats
+
+# A loop of 8 trips over stacked (8, 64, 32) bf16 weights: each trip copies its layer out of the stack
+# (a fusion that only slices), and a second fusion reads another layer in place inside a dot.
+LOOP = """HloModule layers
+
+%copy_layer (p0: bf16[8,64,32], p1: s32[]) -> bf16[1,64,32] {
+  %p0 = bf16[8,64,32]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  ROOT %ds = bf16[1,64,32]{2,1,0} dynamic-slice(%p0, %p1, %zero, %zero), dynamic_slice_sizes={1,64,32}
+}
+
+%read_in_place (p0: bf16[8,64,32], p1: s32[], p2: bf16[4,64]) -> bf16[4,32] {
+  %p0 = bf16[8,64,32]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %p2 = bf16[4,64]{1,0} parameter(2)
+  %zero = s32[] constant(0)
+  %ds = bf16[1,64,32]{2,1,0} dynamic-slice(%p0, %p1, %zero, %zero), dynamic_slice_sizes={1,64,32}
+  %w = bf16[64,32]{1,0} bitcast(%ds)
+  ROOT %dot = bf16[4,32]{1,0} dot(%p2, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%body (state: (s32[], bf16[8,64,32], bf16[4,64])) -> (s32[], bf16[8,64,32], bf16[4,64]) {
+  %state = (s32[], bf16[8,64,32]{2,1,0}, bf16[4,64]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%state), index=0
+  %stack = bf16[8,64,32]{2,1,0} get-tuple-element(%state), index=1
+  %x = bf16[4,64]{1,0} get-tuple-element(%state), index=2
+  %copied = bf16[1,64,32]{2,1,0} fusion(%stack, %i), kind=kLoop, calls=%copy_layer
+  %read = bf16[4,32]{1,0} fusion(%stack, %i, %x), kind=kOutput, calls=%read_in_place
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], bf16[8,64,32]{2,1,0}, bf16[4,64]{1,0}) tuple(%next, %stack, %x)
+}
+
+%condition (state: (s32[], bf16[8,64,32], bf16[4,64])) -> pred[] {
+  %state = (s32[], bf16[8,64,32]{2,1,0}, bf16[4,64]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%state), index=0
+  %trips = s32[] constant(8)
+  ROOT %more = pred[] compare(%i, %trips), direction=LT
+}
+
+ENTRY %main (stack: bf16[8,64,32], x: bf16[4,64]) -> (s32[], bf16[8,64,32], bf16[4,64]) {
+  %stack = bf16[8,64,32]{2,1,0} parameter(0)
+  %x = bf16[4,64]{1,0} parameter(1)
+  %zero = s32[] constant(0)
+  %init = (s32[], bf16[8,64,32]{2,1,0}, bf16[4,64]{1,0}) tuple(%zero, %stack, %x)
+  ROOT %loop = (s32[], bf16[8,64,32]{2,1,0}, bf16[4,64]{1,0}) while(%init), condition=%condition, body=%body
+}
+"""
+
+
+def test_slice_copies_count_fusions_that_only_slice_times_their_trips():
+    cost = hlo_stats.Program(LOOP).cost()
+    assert cost.slice_copy_bytes == 8 * (64 * 32 * 2)  # one bf16 layer per trip; the in-place read adds nothing
+    assert cost.flops == 8 * (2 * 4 * 64 * 32)
+
+
+def test_trip_counts_as_the_gpu_compiler_writes_them():
+    """The GPU compiler states a counted loop's trips (`known_trip_count`) and puts a loop's comparison
+    in a fusion its condition calls; both give the loop's trips."""
+    fused = LOOP.replace("""  %trips = s32[] constant(8)
+  ROOT %more = pred[] compare(%i, %trips), direction=LT
+}""", """  ROOT %more = pred[] fusion(%i), kind=kLoop, calls=%fused_compare
+}
+
+%fused_compare (p0: s32[]) -> pred[] {
+  %p0 = s32[] parameter(0)
+  %trips = s32[] constant(8)
+  ROOT %lt = pred[] compare(%p0, %trips), direction=LT
+}""")
+    assert "constant(8)" not in fused.split("%condition")[1].split("}")[0]
+    assert hlo_stats.Program(fused).cost().slice_copy_bytes == 8 * (64 * 32 * 2)
+    stated = LOOP.replace("constant(8)", "get-tuple-element(%state), index=0").replace(
+        "body=%body", 'body=%body, backend_config={"known_trip_count":{"n":"5"}}')
+    assert "constant(8)" not in stated and "known_trip_count" in stated
+    assert hlo_stats.Program(stated).cost().slice_copy_bytes == 5 * (64 * 32 * 2)

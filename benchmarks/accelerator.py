@@ -23,8 +23,9 @@ bfloat16 and saves it; we load that checkpoint.
   different question after the same system prompt and clip (features cached, prefix stored;
   `benchmarks.serve_engine`), --new-tokens as generation's.
 The JSON (DIR/accelerator.json) is rewritten after every figure, so a run cut short still leaves
-what it measured; a section that fails (train, generation, serving) is recorded there with its
-traceback and the others still run (exit status 1 then); --sections reruns some of them. --tiny runs the same code with tiny shapes on any backend (CI runs it on a CPU).
+what it measured; a section that fails (train, models: loading the generation models, generation,
+serving) is recorded there with its traceback and the others still run (exit status 1 then);
+--sections reruns some of them. --tiny runs the same code with tiny shapes on any backend (CI runs it on a CPU).
 """
 
 from __future__ import annotations
@@ -306,7 +307,7 @@ def main() -> None:
         report.run_section("train", train_figures, report, shapes, layers, device, peak)
         free_memory(device)
     if {"generation", "serving"} & set(args.sections):
-        models = report.run_section("loading the generation models", generation_models, shapes, device)
+        models = report.run_section("models", generation_models, shapes, device)
         if models is not None:
             ours, reference = models
             if "generation" in args.sections:

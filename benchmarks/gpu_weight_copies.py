@@ -8,8 +8,7 @@ The decoder's layers are scanned: each step of the scan slices its layer's weigh
 stacked arrays. XLA on NVIDIA GPUs materializes that slice (a fusion that only copies) before its
 Triton gemms read it, so a decode step, which is all weight reads, moves every weight three times
 (read, write, read again) where the memory roofline counts one. With the compiler options the
-generation and serving programs pass (`layers.GPU_WEIGHTS_READ_IN_PLACE`), cuBLAS reads each slice
-where it lies. This script compiles `train.programs.lower_generation` (towers + prompt prefill + the
+decode programs pass (`layers.GPU_WEIGHTS_READ_IN_PLACE`), cuBLAS reads each slice where it lies. This script compiles `train.programs.lower_generation` (towers + prompt prefill + the
 decode loop, bfloat16, one video per prompt) for an H200 described below, once as shipped and once
 with those options turned off, and counts the bytes of slices the compiled programs materialize
 (`hlo_stats`: loops counted by their trip counts). Per decode step comes from the difference between
@@ -99,7 +98,7 @@ def main() -> None:
           f"{layers / 1e9:.2f} GB")
     print("| figure | as shipped | options off | shipped/off |")
     print("| --- | --- | --- | --- |")
-    for name, key, scale, unit in (("slices copied per generate", "whole", 1e9, "GB"),
+    for name, key, scale, unit in (("slices copied per generate_program call", "whole", 1e9, "GB"),
                                    ("slices copied per decode step", "per_step", 1e9, "GB"),
                                    ("compile", "seconds", 1, "s")):
         ours, off = rows["as shipped"][key] / scale, rows["options off"][key] / scale

@@ -149,12 +149,12 @@ def test_requests_join_while_others_decode(model, cases):
         engine.close()
 
 
-def traced_programs():
-    """A list that grows by the name of each function jit traces from now on, and a function to stop."""
+def compiled_programs():
+    """A list that grows by the name of each program XLA compiles from now on, and a function to stop."""
     names = []
 
     def listener(event: str, seconds: float, fun_name: str = "", **_) -> None:
-        if event == "/jax/core/compile/jaxpr_trace_duration":
+        if event == "/jax/core/compile/backend_compile_duration":
             names.append(fun_name)
 
     jax.monitoring.register_event_duration_secs_listener(listener)
@@ -166,15 +166,15 @@ def test_steps_run_over_the_rows_in_use_and_rows_move_down_when_others_leave(mod
     the third (the longest) moves down into its row so that steps run over two rows, then one;
     every answer is still generate's. `move` is compiled with the engine's state, before anyone
     waits for tokens, not at the first departure (which would stall every stream in flight)."""
-    traced, stop = traced_programs()
     engine = make_engine(model, max_prefixes=5)  # a state of its own shape: `move` is not compiled yet
+    compiled, stop = compiled_programs()
     try:
         alone = Collector()
         engine.submit(cases[0][0], alone)
         assert_answers([alone], cases[:1])
         assert set(engine.steps_by_rows) == {1} and engine.moves == 0
-        assert "move" in traced
-        traced.clear()
+        assert "jit(move)" in compiled
+        compiled.clear()
         engine.steps_by_rows.clear()
         three = sorted(cases[:4], key=lambda case: len(case[1]))[1:]  # shortest first
         lengths = [len(expected) for _, expected, _ in three]
@@ -185,7 +185,7 @@ def test_steps_run_over_the_rows_in_use_and_rows_move_down_when_others_leave(mod
         assert_answers(collectors, three)
         assert engine.moves == 1  # row 2 to row 0 when row 0 left
         assert set(engine.steps_by_rows) == {1, 2, ROWS}
-        assert "move" not in traced
+        assert "jit(move)" not in compiled
     finally:
         stop()
         engine.close()
@@ -450,7 +450,8 @@ MESH_SCRIPT = textwrap.dedent("""
 def test_bfloat16_model_on_a_mesh():
     """Rows split over data x fsdp and kv heads over tensor, questions after a stored prefix
     included: each answer is greedy for the model reading its prompt and answer in one forward
-    pass, up to 2 bfloat16 steps of the best logit, and as long as `generate`'s.
+    pass, up to 2 bfloat16 steps of the best logit, and ends at an EOS (itself that close to the
+    best) or at its 16 tokens.
 
     Not token for token `generate`'s: bfloat16 logits of this size lie on a grid of 2^-6, so
     several tokens often tie for the best, and which of them a program picks follows its rounding.

@@ -146,7 +146,7 @@ def _decode_steps(graphdef, state, decoding: Decoding, stop, sampling: SamplingC
 
 # The compiled programs behind `prefill` and `decode` (public so their HLO can be inspected); jit's
 # compiler options apply to top-level programs only, so `generate_program` runs the plain functions.
-prefill_program = jax.jit(_prefill_and_choose, static_argnums=(0, 7), compiler_options=GPU_WEIGHTS_READ_IN_PLACE)
+prefill_program = jax.jit(_prefill_and_choose, static_argnums=(0, 7))
 decode_loop = jax.jit(_decode_steps, static_argnums=(0, 4), donate_argnums=2,
                       compiler_options=GPU_WEIGHTS_READ_IN_PLACE)
 
@@ -156,7 +156,7 @@ def generate_program(graphdef, state, input_ids, attention_mask, images, videos,
                      ) -> Emitted:
     """Prefill and the decode loop to `max_new_tokens` as one program: what `train.programs`
     compiles ahead of time for a pod (`generate` runs the same two steps as separate calls, so
-    `stream` can share them)."""
+    `stream` can share them). One program takes one set of compiler options: the decode loop's."""
     decoding = _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, videos, key, sampling)
     _, emitted = _decode_steps(graphdef, state, decoding, jnp.int32(sampling.max_new_tokens), sampling)
     return emitted
@@ -167,8 +167,8 @@ def prefill(model, input_ids, attention_mask, pixel_values_images, pixel_values_
     """Run a prompt laid out by `prepare_prompt` and choose the first new token; returns the decode carry."""
     with mesh_context(model.mesh), jax.default_matmul_precision(model.policy.matmul_precision):
         return prefill_program(model.graphdef, model.state, jnp.asarray(input_ids, jnp.int32),
-                                   jnp.asarray(attention_mask, jnp.int32), optional_array(pixel_values_images),
-                                   optional_array(pixel_values_videos), key, sampling)
+                               jnp.asarray(attention_mask, jnp.int32), optional_array(pixel_values_images),
+                               optional_array(pixel_values_videos), key, sampling)
 
 
 def decode(model, decoding: Decoding, stop: int, *, sampling: SamplingConfig) -> tuple[Decoding, Emitted]:

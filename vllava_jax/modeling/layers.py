@@ -157,10 +157,11 @@ def remat_policy(remat: bool | str):
 
 # XLA on NVIDIA GPUs copies a scanned layer's weights out of their stack (a dynamic-slice fusion)
 # before its Triton gemms read them; with these options cuBLAS reads them where they lie (XLA's
-# dynamic-slice fusion takes the layer index as an address offset). A compute-bound training step
-# hardly notices the copy; a decode step, which is all weight reads, moves every weight three
-# times instead of once (the 7B decode loop compiled for an H100, benchmarks/gpu_weight_copies.py).
-# Programs that run the decoder over a prompt or a token pass them; other platforms ignore them.
+# dynamic-slice fusion takes the layer index as an address offset). A decode step, which is all
+# weight reads, moved every weight three times instead of once (the 7B decode loop compiled for an
+# H200, benchmarks/gpu_weight_copies.py), so the decode programs pass them. Compute-bound programs
+# (prefill, training) keep XLA's defaults, Triton gemms included, until a GPU measures both.
+# Other platforms ignore these options.
 GPU_WEIGHTS_READ_IN_PLACE = {"xla_gpu_enable_dynamic_slice_fusion": True, "xla_gpu_enable_triton_gemm": False}
 
 

@@ -115,7 +115,7 @@ def choose_per_row(logits: jax.Array, keys: jax.Array, temperature: jax.Array, t
     return jax.lax.cond(jnp.any(sampling), draw, lambda: greedy)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2, compiler_options=GPU_WEIGHTS_READ_IN_PLACE)
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def admit(graphdef, state, slots: Slots, row, input_ids, attention_mask, images, videos, key, temperature, top_p
           ) -> tuple[Slots, jax.Array]:
     """Run one prompt (1, padded length) and put it in `row`: its keys and values at the columns
@@ -127,7 +127,7 @@ def admit(graphdef, state, slots: Slots, row, input_ids, attention_mask, images,
     return _place(slots, row, jnp.int32(-1), prompt, attention_mask[0], logits, positions[0], key, temperature, top_p)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2, compiler_options=GPU_WEIGHTS_READ_IN_PLACE)
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def fill_prefix(graphdef, state, slots: Slots, entry, input_ids, attention_mask, images, videos) -> Slots:
     """Run a prompt's prefix (1, padded length <= the store's columns), its media included, into
     prefix `entry`: its keys and values in the entry's first columns, the rest of the entry invalid."""
@@ -141,7 +141,7 @@ def fill_prefix(graphdef, state, slots: Slots, entry, input_ids, attention_mask,
     return slots._replace(prefixes=KVCache(keys, values, valid)).placed()
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2, compiler_options=GPU_WEIGHTS_READ_IN_PLACE)
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def admit_after_prefix(graphdef, state, slots: Slots, row, entry, prefix_length, input_ids, attention_mask, key,
                        temperature, top_p) -> tuple[Slots, jax.Array]:
     """Run the rest of a prompt (1, padded length; text only) after prefix `entry` of

@@ -12,9 +12,9 @@ a `conditional` by its costliest branch. Counted per chip (the HLO is one chip's
 - collectives: all-gather, reduce-scatter (TPU emits it as an all-reduce inside an
   `all-reduce-scatter` fusion), all-reduce, all-to-all, collective-permute, with the size of the
   whole buffer each one moves;
-- slice copies: bytes written by top-level fusions that only slice (their root a `slice` or
-  `dynamic-slice`): a layer's weights copied out of their stack before a matmul reads them again,
-  where the matmul could have read them in place.
+- slice copies: bytes written by top-level fusions whose result is a slice (their root a
+  `slice` or `dynamic-slice`; async `fusion-start`s included): typically a layer's weights copied
+  out of their stack before a matmul reads them again, where it could have read them in place.
 """
 
 from __future__ import annotations
@@ -165,9 +165,10 @@ class Program:
                 total.collectives[kind] += size
                 total.counts[kind] += 1
                 total.largest[kind] = max(total.largest[kind], size)
-            if not name.startswith(("fused", "wrapped", "all-reduce-scatter")) and ins.opcode not in _FREE:
+            top_level = not name.startswith(("fused", "wrapped", "all-reduce-scatter"))
+            if top_level and ins.opcode not in _FREE:
                 total.hbm_bytes += shape_bytes(ins.shape) + sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
-            if ins.opcode in ("fusion", "fusion-start"):
+            if top_level and ins.opcode in ("fusion", "fusion-start"):
                 total.slice_copy_bytes += sum(self._sliced_bytes(callee) for callee in _called(ins.attributes, "calls"))
             if ins.opcode == "while":
                 body = _called(ins.attributes, "body")
@@ -185,7 +186,7 @@ class Program:
         return total
 
     def _sliced_bytes(self, fused: str) -> float:
-        """The bytes a fusion writes if all it does is slice (its root is a slice), else 0."""
+        """The bytes a fusion writes if its result is a slice (its root a slice), else 0."""
         root = next(i for i in self.computations[fused] if i.root)
         return shape_bytes(root.shape) if root.opcode in ("slice", "dynamic-slice") else 0.0
 

@@ -145,7 +145,6 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     step_fn = None
     losses: list[float] = []
     skipped: list[np.ndarray] = []  # the data pipeline's per-batch counts of skipped samples
-    logger = Logger(workdir, write=jax.process_index() == 0)
     rows = config.accum_steps * config.batch_size * jax.process_count()
     tokens = rows * config.max_length  # every position of every row runs through the decoder, labelled or not
     # MFU counts what the towers run on: the batch buffer's one video and one image per row
@@ -156,6 +155,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
     bar = tqdm(range(start_step, end_step), initial=start_step, total=config.total_steps,
                desc=partition.preset_name(config.trainable),
                disable=jax.process_index() != 0)
+    logger = Logger(workdir, write=jax.process_index() == 0)
     try:
         for step in bar:
             batch = _stack(data, config.accum_steps, skipped)
@@ -188,7 +188,9 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, data: Data
                                                           data=ocp.args.JsonSave(data.get_state())),
                          force=step + 1 == end_step)  # the last step of a run is always kept
     finally:
-        logger.close()
-        manager.wait_until_finished()
-        manager.close()
+        try:
+            logger.close()
+        finally:
+            manager.wait_until_finished()
+            manager.close()
     return RunResult(losses, state, frozen, graphdef)

@@ -218,7 +218,10 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(served, tmp_
     assert httpx.get(url + "/health").json() == {"status": "ok"}
     assert client.models.list().data[0].id == "tiny"
     reply = client.chat.completions.create(model="tiny", messages=video_message(QUESTIONS[0], clip), max_tokens=3)
-    assert reply.usage.completion_tokens == 3
+    # still answering: 3 tokens, or fewer ending at an EOS (a random tiny model may choose one; once,
+    # on jax 0.12, after the whole suite, it did at the first token)
+    finished = (reply.choices[0].finish_reason, reply.usage.completion_tokens)
+    assert finished == ("length", 3) or (finished[0] == "stop" and 1 <= finished[1] <= 3), finished
 
 
 def test_text_only_and_multi_turn_prompts_are_generates(served):

@@ -9,10 +9,12 @@ stacked arrays. XLA on NVIDIA GPUs materializes that slice (a fusion that only c
 Triton gemms read it, so a decode step, which is all weight reads, moves every weight three times
 (read, write, read again) where the memory roofline counts one. With the compiler options the
 decode programs pass (`layers.GPU_WEIGHTS_READ_IN_PLACE`), cuBLAS reads each slice where it lies. This script compiles `train.programs.lower_generation` (towers + prompt prefill + the
-decode loop, bfloat16, one video per prompt) for an H200 described below, once as shipped and once
-with those options turned off, and counts the bytes of slices the compiled programs materialize
-(`hlo_stats`: loops counted by their trip counts). Per decode step comes from the difference between
-`--new-tokens` and one new token. No timing: compiled, never run.
+decode loop, bfloat16, one video per prompt) and the serving engine's step program (`serve.slots.step`:
+--batch rows, a 256-column window, one stored prefix entry) for an H200 described below, once as
+shipped and once with those options turned off, and counts the bytes of slices the compiled
+programs materialize (`hlo_stats`: loops counted by their trip counts). Per decode step of
+generate comes from the difference between `--new-tokens` and one new token. No timing: compiled,
+never run.
 """
 
 from __future__ import annotations
@@ -23,16 +25,21 @@ os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver here 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs on its CPU; the GPU is only a compile target
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
+from jax.sharding import SingleDeviceSharding  # noqa: E402
 
 from configs import video_llava_7b_stage2  # noqa: E402
 from vllava_jax.config import DTypePolicy  # noqa: E402
+from vllava_jax.modeling.kv_cache import KVCache  # noqa: E402
 from vllava_jax.modeling.layers import GPU_WEIGHTS_READ_IN_PLACE  # noqa: E402
 from vllava_jax.modeling.video_llava import VideoLlavaModel  # noqa: E402
+from vllava_jax.serve import slots  # noqa: E402
 from vllava_jax.sharding import make_mesh  # noqa: E402
 from vllava_jax.train import hlo_stats, programs  # noqa: E402
 from vllava_jax.train.build import build_model_config  # noqa: E402
@@ -70,6 +77,27 @@ def copied_bytes(model_config, mesh, batch: int, prompt: int, new_tokens: int, o
     return hlo_stats.Program(compiled.as_text()).cost().slice_copy_bytes, seconds
 
 
+def serving_step_copied_bytes(model_config, device, rows: int, columns: int, options) -> float:
+    """Bytes of slices one compiled serving step materializes: `rows` rows of `columns` cache columns,
+    reading a 256-column window and one prefix entry as wide as the rows."""
+    placed = SingleDeviceSharding(device)
+    on_device = functools.partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed))
+    graphdef, state = nnx.split(nnx.eval_shape(
+        lambda: VideoLlavaModel(model_config, DTypePolicy.resolve("bfloat16"), nnx.Rngs(0))))
+    text, entries = model_config.text_config, 4
+
+    def make():  # the shapes `Slots.empty` makes, without making them
+        zeros = functools.partial(jnp.zeros, (rows,))
+        return slots.Slots(KVCache.empty(text, rows, columns, jnp.bfloat16),
+                           KVCache.empty(text, entries, columns, jnp.bfloat16), jnp.full((rows,), -1, jnp.int32),
+                           zeros(jnp.int32), zeros(jnp.int32), jax.random.split(jax.random.key(0), rows),
+                           zeros(jnp.float32), zeros(jnp.float32), jnp.zeros((), jnp.int32))
+
+    compiled = slots.step.lower(graphdef, on_device(state), on_device(jax.eval_shape(make)), rows, 256, 1,
+                                columns).compile(options)
+    return hlo_stats.Program(compiled.as_text()).cost().slice_copy_bytes
+
+
 def decoder_layer_bytes(model_config) -> int:
     """Bytes of the decoder's layer weights in bfloat16: what a decode step must read of them."""
     abstract = nnx.eval_shape(lambda: VideoLlavaModel(model_config, DTypePolicy.resolve("bfloat16"), nnx.Rngs(0)))
@@ -88,10 +116,13 @@ def main() -> None:
     model_config = build_model_config(video_llava_7b_stage2.get_config())
     mesh = make_mesh(1, 1, 1, devices=gpu_devices())
     rows = {}
+    columns = -(-(args.prompt + args.new_tokens) // 64) * 64
     for label, options in (("as shipped", None), ("options off", OPTIONS_OFF)):
         whole, seconds = copied_bytes(model_config, mesh, args.batch, args.prompt, args.new_tokens, options)
         prefill_only, _ = copied_bytes(model_config, mesh, args.batch, args.prompt, 1, options)
-        rows[label] = dict(whole=whole, per_step=(whole - prefill_only) / (args.new_tokens - 1), seconds=seconds)
+        serving = serving_step_copied_bytes(model_config, mesh.devices.flat[0], args.batch, columns, options)
+        rows[label] = dict(whole=whole, per_step=(whole - prefill_only) / (args.new_tokens - 1), seconds=seconds,
+                           serving=serving)
     layers = decoder_layer_bytes(model_config)
     print(f"7B generate compiled for an {H200['core_count']}-SM H200 (deviceless, jax {jax.__version__}): batch "
           f"{args.batch}, {args.prompt}-token prompt, {args.new_tokens} new tokens, bfloat16; decoder layers "
@@ -100,6 +131,7 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for name, key, scale, unit in (("slices copied per generate_program call", "whole", 1e9, "GB"),
                                    ("slices copied per decode step", "per_step", 1e9, "GB"),
+                                   ("slices copied per serving engine step", "serving", 1e9, "GB"),
                                    ("compile", "seconds", 1, "s")):
         ours, off = rows["as shipped"][key] / scale, rows["options off"][key] / scale
         ratio = f"{ours / off:.3f}" if off else "-"

@@ -79,3 +79,11 @@ def test_trip_counts_as_the_gpu_compiler_writes_them():
         "body=%body", 'body=%body, backend_config={"known_trip_count":{"n":"5"}}')
     assert "constant(8)" not in stated and "known_trip_count" in stated
     assert hlo_stats.Program(stated).cost().slice_copy_bytes == 5 * (64 * 32 * 2)
+
+
+def test_a_slice_placed_in_another_memory_space_is_a_prefetch_not_a_copy():
+    """TPU compilers stage a layer's weights into a core's VMEM (`S(1)` in the layout) before a
+    matmul: on-chip, so not device-memory traffic."""
+    staged = LOOP.replace("%copied = bf16[1,64,32]{2,1,0} fusion", "%copied = bf16[1,64,32]{2,1,0:S(1)} fusion")
+    assert staged != LOOP
+    assert hlo_stats.Program(staged).cost().slice_copy_bytes == 0

@@ -12,9 +12,11 @@ a `conditional` by its costliest branch. Counted per chip (the HLO is one chip's
 - collectives: all-gather, reduce-scatter (TPU emits it as an all-reduce inside an
   `all-reduce-scatter` fusion), all-reduce, all-to-all, collective-permute, with the size of the
   whole buffer each one moves;
-- slice copies: bytes written by top-level fusions whose result is a slice (their root a
-  `slice` or `dynamic-slice`; async `fusion-start`s included): typically a layer's weights copied
-  out of their stack before a matmul reads them again, where it could have read them in place.
+- slice copies: bytes written to device memory by top-level fusions whose result is a slice
+  (their root a `slice` or `dynamic-slice`; async `fusion-start`s included): typically a layer's
+  weights copied out of their stack before a matmul reads them again, where it could have read
+  them in place. A result placed in another memory space (`S(n)` in its layout, such as a TPU
+  core's VMEM) is a prefetch on chip, not counted.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ class Program:
             top_level = not name.startswith(("fused", "wrapped", "all-reduce-scatter"))
             if top_level and ins.opcode not in _FREE:
                 total.hbm_bytes += shape_bytes(ins.shape) + sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
-            if top_level and ins.opcode in ("fusion", "fusion-start"):
+            if top_level and ins.opcode in ("fusion", "fusion-start") and "S(" not in ins.shape:
                 total.slice_copy_bytes += sum(self._sliced_bytes(callee) for callee in _called(ins.attributes, "calls"))
             if ins.opcode == "while":
                 body = _called(ins.attributes, "body")

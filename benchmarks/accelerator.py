@@ -51,7 +51,7 @@ from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
 import vllava_jax
 from benchmarks.common import IMAGE_TOKEN, VIDEO_TOKEN, VOCAB, median_seconds, synchronize, video_prompt
-from benchmarks.generation import decode_rate, generation_timers
+from benchmarks.generation import decode_rate, generation_timers, prefill_inputs
 from benchmarks import serve_engine
 from benchmarks.train_step import jitted_step, labelled_batch, reference_step
 from vllava_jax import generation
@@ -237,8 +237,7 @@ def generation_models(shapes: Shapes, device: torch.device):
 def prefill_in_place(ours, ids: np.ndarray, videos: np.ndarray, new_tokens: int):
     """A timer of our prefill compiled with `GPU_WEIGHTS_READ_IN_PLACE`, which only the decode
     programs pass: its figure beside the prefill as shipped says whether prefill should too."""
-    sampling = generation.SamplingConfig(max_new_tokens=new_tokens, eos_token_ids=(), pad_token_id=0)
-    padded, mask, _ = generation.prepare_prompt(ours, ids, None, None, videos, sampling, 64)
+    sampling, padded, mask = prefill_inputs(ours, ids, videos, new_tokens)
     inputs = (jnp.asarray(padded, jnp.int32), jnp.asarray(mask, jnp.int32), None, jnp.asarray(videos),
               jax.random.key(0))
     with mesh_context(ours.mesh), jax.default_matmul_precision(ours.policy.matmul_precision):

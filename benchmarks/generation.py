@@ -21,11 +21,17 @@ from benchmarks.common import median_seconds, model_pair, small_config, synchron
 from vllava_jax import generation
 
 
+def prefill_inputs(ours, ids: np.ndarray, videos: np.ndarray, new_tokens: int):
+    """(sampling, padded ids, mask): greedy with EOS disabled, the prompt laid out as `generate` lays it."""
+    sampling = generation.SamplingConfig(max_new_tokens=new_tokens, eos_token_ids=(), pad_token_id=0)
+    padded, mask, _ = generation.prepare_prompt(ours, ids, None, None, videos, sampling, 64)
+    return sampling, padded, mask
+
+
 def generation_timers(ours, reference, ids: np.ndarray, videos: np.ndarray, new_tokens: int) -> dict:
     """Closures running one prefill or one whole greedy generate (EOS disabled) on each side, each
     returning once the device is done."""
-    sampling = generation.SamplingConfig(max_new_tokens=new_tokens, eos_token_ids=(), pad_token_id=0)
-    padded, mask, _ = generation.prepare_prompt(ours, ids, None, None, videos, sampling, 64)
+    sampling, padded, mask = prefill_inputs(ours, ids, videos, new_tokens)
     device = next(reference.parameters()).device
     t_ids, t_videos = torch.as_tensor(ids, device=device), torch.as_tensor(videos, device=device)
     t_videos = t_videos.to(next(reference.parameters()).dtype)

@@ -36,7 +36,6 @@ from jax.sharding import SingleDeviceSharding  # noqa: E402
 
 from configs import video_llava_7b_stage2  # noqa: E402
 from vllava_jax.config import DTypePolicy  # noqa: E402
-from vllava_jax.modeling.kv_cache import KVCache  # noqa: E402
 from vllava_jax.modeling.layers import GPU_WEIGHTS_READ_IN_PLACE  # noqa: E402
 from vllava_jax.modeling.video_llava import VideoLlavaModel  # noqa: E402
 from vllava_jax.serve import slots  # noqa: E402
@@ -77,32 +76,22 @@ def copied_bytes(model_config, mesh, batch: int, prompt: int, new_tokens: int, o
     return hlo_stats.Program(compiled.as_text()).cost().slice_copy_bytes, seconds
 
 
-def serving_step_copied_bytes(model_config, device, rows: int, columns: int, options) -> float:
-    """Bytes of slices one compiled serving step materializes: `rows` rows of `columns` cache columns,
-    reading a 256-column window and one prefix entry as wide as the rows."""
+def serving_step_copied_bytes(abstract, device, rows: int, columns: int, options) -> float:
+    """Bytes of slices one compiled serving step of the abstract bfloat16 model materializes: `rows`
+    rows of `columns` cache columns, reading a 256-column window and one of 4 prefix entries."""
     placed = SingleDeviceSharding(device)
     on_device = functools.partial(jax.tree.map, lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed))
-    graphdef, state = nnx.split(nnx.eval_shape(
-        lambda: VideoLlavaModel(model_config, DTypePolicy.resolve("bfloat16"), nnx.Rngs(0))))
-    text, entries = model_config.text_config, 4
-
-    def make():  # the shapes `Slots.empty` makes, without making them
-        zeros = functools.partial(jnp.zeros, (rows,))
-        return slots.Slots(KVCache.empty(text, rows, columns, jnp.bfloat16),
-                           KVCache.empty(text, entries, columns, jnp.bfloat16), jnp.full((rows,), -1, jnp.int32),
-                           zeros(jnp.int32), zeros(jnp.int32), jax.random.split(jax.random.key(0), rows),
-                           zeros(jnp.float32), zeros(jnp.float32), jnp.zeros((), jnp.int32))
-
-    compiled = slots.step.lower(graphdef, on_device(state), on_device(jax.eval_shape(make)), rows, 256, 1,
+    graphdef, state = nnx.split(abstract)
+    state_shapes = jax.eval_shape(lambda: slots.Slots.zeros(abstract.language_model.cfg, jnp.bfloat16, rows, columns,
+                                                            4, columns))
+    compiled = slots.step.lower(graphdef, on_device(state), on_device(state_shapes), rows, 256, 1,
                                 columns).compile(options)
     return hlo_stats.Program(compiled.as_text()).cost().slice_copy_bytes
 
 
-def decoder_layer_bytes(model_config) -> int:
-    """Bytes of the decoder's layer weights in bfloat16: what a decode step must read of them."""
-    abstract = nnx.eval_shape(lambda: VideoLlavaModel(model_config, DTypePolicy.resolve("bfloat16"), nnx.Rngs(0)))
-    layers = nnx.state(abstract.language_model.layers)
-    return sum(leaf.size * 2 for leaf in jax.tree.leaves(layers))
+def decoder_layer_bytes(abstract) -> int:
+    """Bytes of the abstract bfloat16 model's decoder layer weights: what a decode step must read of them."""
+    return sum(leaf.size * 2 for leaf in jax.tree.leaves(nnx.state(abstract.language_model.layers)))
 
 
 def main() -> None:
@@ -115,15 +104,16 @@ def main() -> None:
         parser.error("--batch must be >= 1, --new-tokens >= 2, --prompt >= 2057 (a video and a question)")
     model_config = build_model_config(video_llava_7b_stage2.get_config())
     mesh = make_mesh(1, 1, 1, devices=gpu_devices())
+    abstract = nnx.eval_shape(lambda: VideoLlavaModel(model_config, DTypePolicy.resolve("bfloat16"), nnx.Rngs(0)))
     rows = {}
     columns = -(-(args.prompt + args.new_tokens) // 64) * 64
     for label, options in (("as shipped", None), ("options off", OPTIONS_OFF)):
         whole, seconds = copied_bytes(model_config, mesh, args.batch, args.prompt, args.new_tokens, options)
         prefill_only, _ = copied_bytes(model_config, mesh, args.batch, args.prompt, 1, options)
-        serving = serving_step_copied_bytes(model_config, mesh.devices.flat[0], args.batch, columns, options)
+        serving = serving_step_copied_bytes(abstract, mesh.devices.flat[0], args.batch, columns, options)
         rows[label] = dict(whole=whole, per_step=(whole - prefill_only) / (args.new_tokens - 1), seconds=seconds,
                            serving=serving)
-    layers = decoder_layer_bytes(model_config)
+    layers = decoder_layer_bytes(abstract)
     print(f"7B generate compiled for an {H200['core_count']}-SM H200 (deviceless, jax {jax.__version__}): batch "
           f"{args.batch}, {args.prompt}-token prompt, {args.new_tokens} new tokens, bfloat16; decoder layers "
           f"{layers / 1e9:.2f} GB")

@@ -62,20 +62,20 @@ class Slots(NamedTuple):
     head: jax.Array          # () int32 the column the next step writes
 
     @classmethod
+    def zeros(cls, cfg, dtype, rows: int, columns: int, entries: int = 0, prefix_columns: int = 0) -> Slots:
+        """Every row free and every prefix entry empty (not placed: see `empty`)."""
+        zeros = functools.partial(jnp.zeros, (rows,))
+        return cls(KVCache.empty(cfg, rows, columns, dtype), KVCache.empty(cfg, entries, prefix_columns, dtype),
+                   jnp.full((rows,), -1, jnp.int32), zeros(jnp.int32), zeros(jnp.int32),
+                   jax.random.split(jax.random.key(0), rows), zeros(jnp.float32), zeros(jnp.float32),
+                   jnp.zeros((), jnp.int32))
+
+    @classmethod
     def empty(cls, model, rows: int, columns: int, entries: int = 0, prefix_columns: int = 0) -> Slots:
-        """A state with every row free and every prefix entry empty, made by a compiled program so
-        that it is placed as the programs' outputs are (the programs are then compiled once, not
-        again for the second call)."""
+        """`zeros` for `model`, made by a compiled program so that it is placed as the programs'
+        outputs are (the programs are then compiled once, not again for the second call)."""
         cfg, dtype = model.config.text_config, model.policy.compute_dtype
-
-        def make():
-            zeros = functools.partial(jnp.zeros, (rows,))
-            return cls(KVCache.empty(cfg, rows, columns, dtype), KVCache.empty(cfg, entries, prefix_columns, dtype),
-                       jnp.full((rows,), -1, jnp.int32), zeros(jnp.int32), zeros(jnp.int32),
-                       jax.random.split(jax.random.key(0), rows), zeros(jnp.float32), zeros(jnp.float32),
-                       jnp.zeros((), jnp.int32)).placed()
-
-        slots = jax.jit(make)()
+        slots = jax.jit(lambda: cls.zeros(cfg, dtype, rows, columns, entries, prefix_columns).placed())()
         if model.mesh is None:  # committed to the parameters' device, as the programs' outputs are
             slots = jax.device_put(slots, jax.tree.leaves(model.state)[0].sharding)
         return slots

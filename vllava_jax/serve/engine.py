@@ -262,7 +262,7 @@ class Engine:
     def _bucket(self, rows: int) -> int:
         """The row count of the step program that runs `rows` rows: the next power of two, at most
         max_batch (a program per power of two: few compilations, at most 2x the rows needed)."""
-        return min(1 << (rows - 1).bit_length(), self.max_batch)
+        return min(_power_of_two_at_least(rows), self.max_batch)
 
     def _compact(self) -> None:
         """Move the highest rows in use into the lowest free ones until every row in use lies within
@@ -403,7 +403,7 @@ class Engine:
         rows = self._bucket(live[-1][0] + 1)
         window = self._window(max(job.prompt_columns + self.steps - job.admitted_at for _, job in live))
         entries = [job.entry for _, job in live if job.entry is not None]
-        count = min(1 << max(entries).bit_length(), len(self._prefixes)) if entries else 0  # a power of two
+        count = min(_power_of_two_at_least(max(entries) + 1), len(self._prefixes)) if entries else 0
         width = max((self._prefixes[e].width for e in entries), default=0)
         with self._device():
             self._slots, tokens = slots.step(self.model.graphdef, self.model.state, self._slots, rows, window,
@@ -420,7 +420,7 @@ class Engine:
         """The ring columns a step reads when the live rows wrote the last `span`: a power of two of
         at least 2 x pad_to_multiple (few step programs), or None (every column) past a quarter of
         the columns, where gathering the window (read, written, read again) costs more than it saves."""
-        window = max(1 << (span - 1).bit_length(), 1 << (2 * self.pad_to_multiple - 1).bit_length())
+        window = _power_of_two_at_least(max(span, 2 * self.pad_to_multiple))
         return window if 4 * window <= self._slots.cache.valid.shape[1] else None
 
     def _read(self, keep: int) -> None:
@@ -460,6 +460,11 @@ class Engine:
         self._in_flight.clear()
         self._slots = None
         self._prefixes = [None] * len(self._prefixes)
+
+
+def _power_of_two_at_least(n: int) -> int:
+    """Static sizes of the step programs are powers of two: few programs, at most 2x the work."""
+    return 1 << (n - 1).bit_length()
 
 
 def _send(job: _Job, event: Event) -> bool:

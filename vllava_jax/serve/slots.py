@@ -27,7 +27,8 @@ combination, compiled the first time it runs; no host input per step besides the
 
 All programs take the state donated and update the cache in place (no copy per step). `admit`,
 `fill_prefix` and `admit_after_prefix` compile once per padded prompt (or prefix, or rest) length
-(padded to the engine's `pad_to_multiple`), `admit` and `fill_prefix` per media shape too.
+(prompts and prefixes padded to the engine's `pad_to_multiple`, rests to `engine.REST_PAD_TO`),
+`admit` and `fill_prefix` per media shape too.
 The prefix store is not split over the batch axes (every row may read every entry): on a mesh
 each device of the data x fsdp axes holds all of it.
 """

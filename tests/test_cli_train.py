@@ -42,6 +42,20 @@ def test_flag_mistakes_and_help(tmp_path):
     assert result.code == 0 and "--workdir" in result.out and "--config" in result.out
 
 
+def test_config_files_that_do_not_load(tmp_path):
+    """A missing config file, one that is not Python, one without get_config, and an override of a
+    key the config lacks: one `error:` line each, nothing written."""
+    (tmp_path / "broken.py").write_text("def get_config(:\n")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    for config, extra, words in [(tmp_path / "nope.py", [], ("--config does not load", "nope.py")),
+                                 (tmp_path / "broken.py", [], ("--config does not load", "broken.py")),
+                                 (tmp_path / "empty.py", [], ("get_config",)),
+                                 (CONFIG, ["--config.nokey=1"], ("nokey",))]:
+        result = subprocess_cli("vllava_jax.train", "--config", config, "--workdir", tmp_path / "run", *extra)
+        assert_user_error(result, 2, *words)
+    assert not (tmp_path / "run").exists()
+
+
 class InterruptAt(SyntheticBatches):
     """Ctrl-C while step `at` fetches its batch: the steps before it are logged, the last one not saved."""
 

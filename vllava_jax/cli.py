@@ -64,6 +64,28 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """The module docstring as written, and each flag's default."""
 
 
+def parse_config_flags(parse: Callable[[], object], read_config: Callable[[], object], prog: str) -> None:
+    """`parse()` (absl parsing flags that include an ml_collections `--config` file) then
+    `read_config()` (the config, or None when not given; a file that failed to load stands in as an
+    object that raises when first used), their mistakes raised as one `UsageError`: a flag absl
+    refuses, a config file that does not load (missing, not Python), a file without a usable
+    `get_config` or a `--config.key=value` override that does not fit it."""
+    from absl import flags
+
+    try:
+        parse()
+        config = read_config()
+        if config is not None:
+            config.keys()
+    except flags.Error as e:
+        raise UsageError(f"{e} (see {prog} --help)") from None
+    except (OSError, SyntaxError) as e:
+        raise UsageError(f"--config does not load: {' '.join(str(e).split())}") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"--config has no usable get_config, or a --config.key=value override does not fit "
+                         f"it ({type(e).__name__}: {e})") from None
+
+
 def make_output_dir(path: epath.PathLike, flag: str) -> epath.Path:
     """Create an output dir (and its parents), or fail naming `flag` when the path cannot be one.
 

@@ -33,10 +33,7 @@ def parse_flags(argv: list[str]) -> None:
         print(f"{__doc__}\nflags:\n{flags.FLAGS.main_module_help()}\n  --debug: on an error, print the traceback "
               f"too (or set {cli.DEBUG_ENV}=1)")
         sys.exit(0)
-    try:
-        flags.FLAGS([PROG, *argv])
-    except flags.Error as e:
-        raise UsageError(f"{e} (see {PROG} --help)") from None
+    cli.parse_config_flags(lambda: flags.FLAGS([PROG, *argv]), lambda: _CONFIG.value, PROG)
     for name, flag in (("config", _CONFIG), ("workdir", _WORKDIR)):
         if flag.value is None:
             raise UsageError(f"--{name} is required (see {PROG} --help)")

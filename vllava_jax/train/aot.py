@@ -350,13 +350,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from vllava_jax.errors import VllavaError
 
+    from vllava_jax import cli
+
     debug = "--debug" in argv
     try:
         fv = make_flags(argv)
-        try:
-            fv(argv)
-        except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections on a bad --config.key
-            raise flags.Error(f"a --config.key=value override does not fit the config ({type(e).__name__}: {e})") from e
+        cli.parse_config_flags(lambda: fv(argv), lambda: fv.config, "python -m vllava_jax.train.aot")
         return run(fv)
     except (flags.Error, VllavaError) as e:
         if debug:

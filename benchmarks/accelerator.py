@@ -11,7 +11,8 @@ bfloat16 and saves it; we load that checkpoint.
   autocast with fused AdamW. Step time, both step-0 losses, compile time, and MFU of the project's
   `flops.step_flops` (LM head over the labelled tokens for ours; every logit, what it
   computes, for the reference) against the dense bfloat16 peak of the device kind
-  (`flops.PEAK_FLOPS`) and against a bfloat16 matmul measured in the same run.
+  (`flops.PEAK_FLOPS`) and against a bfloat16 matmul measured in the same run; then ours compiled
+  with the decode programs' `GPU_WEIGHTS_READ_IN_PLACE` against ours as shipped.
 - Generation: the 7B decoder (32 layers) in bfloat16, batch 1 and 16, a 2,120-token prompt (an
   8-frame 224 px video + 64 text tokens), 128 new tokens, greedy, EOS disabled: prefill seconds
   (and ours compiled with the decode programs' `GPU_WEIGHTS_READ_IN_PLACE`, against ours as shipped),
@@ -214,6 +215,14 @@ def train_figures(report: Report, shapes: Shapes, layers: int, device: torch.dev
                unit="fraction", peak_flops=peak)
     report.add("train MFU vs measured bf16 matmul", *(mfu[k] / report.data["meta"]["matmul_peak_flops"]
                                                        for k in ("ours", "reference")), unit="fraction")
+
+    # the step compiled with the decode programs' GPU options (cuBLAS gemms reading each layer's
+    # weights in place), which training does not pass: this figure beside the step as shipped says
+    # whether it should (run_ours calls whatever `compiled` holds)
+    compiled = step.lower(state, frozen, batches).compile(GPU_WEIGHTS_READ_IN_PLACE)
+    run_ours()
+    report.add("train step reading weights in place (ours) vs as shipped", median_seconds(run_ours, shapes.runs),
+               seconds["ours"], unit="s")
 
 
 def decoder_bytes(ours) -> int:

@@ -14,6 +14,8 @@ from transformers import VideoLlavaForConditionalGeneration
 import vllava_jax
 from tests import oracle
 from vllava_jax import generation
+from vllava_jax.modeling.kv_cache import KVCache
+from vllava_jax.modeling.video_llava import positions_from_mask
 
 EOS, PAD = 2, 0
 
@@ -180,3 +182,23 @@ def test_decode_updates_the_cache_in_place(model, rng):
     written = [(name, op) for name, op, n in arrays if n == whole
                and op not in ("parameter", "get-tuple-element", "bitcast") and "dynamic-update-slice" not in name]
     assert not written, f"whole-cache arrays written per token: {written}"
+
+
+def test_prompt_from_slot_zero_attends_like_the_cache(model, rng):
+    """A prompt written from slot 0 attends with the decoder's fused causal attention over its own
+    tokens (the blocked kernel on CPU); from a traced slot 0, with XLA's attention over every cache
+    slot under the (len x slots) mask. Left-padded rows: the same hidden states and cache either way."""
+    sampling = generation.SamplingConfig(max_new_tokens=8, eos_token_ids=(), pad_token_id=PAD)
+    ids, mask = left_pad([oracle.make_ids(rng, [n]) for n in (23, 9)])
+    lm = model.module.language_model
+    embeds = lm.embed(jax.numpy.asarray(ids))
+    positions = positions_from_mask(jax.numpy.asarray(mask))
+    empty = KVCache.empty(lm.cfg, 2, ids.shape[1] + sampling.max_new_tokens, embeds.dtype)
+    fused = jax.jit(lambda e: lm.cached(e, positions, mask, empty, 0))(embeds)
+    masked = jax.jit(lambda e, slot: lm.cached(e, positions, mask, empty, slot))(embeds, np.int32(0))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(fused[0], masked[0], rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(fused[1][:2], masked[1][:2]):  # keys, values: compared where a token was written
+        ours, theirs = (np.asarray(x)[:, :, :, : ids.shape[1]].transpose(1, 3, 0, 2, 4)[real] for x in (ours, theirs))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(fused[1].valid, masked[1].valid)

@@ -35,12 +35,16 @@ class LlamaAttention(nnx.Module):
         """Without `cache`: causal attention over `x`, `mask` being segment ids (batch, len; 0 = padding).
 
         With `cache` = (keys, values) of every layer: write x's keys/values at (`layer`, `slot`)
-        in place and attend, with the full `mask` (batch, 1, len, slots), over this layer's slots.
+        in place, then attend either with the full `mask` (batch, 1, len, slots) over this layer's
+        slots, or, where `mask` is segment ids (batch, len), causally over x alone: x was written
+        from slot 0, so the slots it may see are its own (`LlamaDecoder.cached`).
         """
         q, k, v = self.project(x, cos, sin)
         if cache is None:
             return self.o(causal_attention(q, k, v, mask)), None
         keys, values = kv_cache.write(cache, (k[None], v[None]), layer, slot)
+        if mask.ndim == 2:
+            return self.o(causal_attention(q, k, v, mask)), (keys, values)
         out = masked_attention(q, keys[layer].swapaxes(1, 2), values[layer].swapaxes(1, 2), mask)
         return self.o(out), (keys, values)
 
@@ -139,15 +143,19 @@ class LlamaDecoder(nnx.Module):
         return h
 
     def cached(
-        self, inputs_embeds: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache, slot: jax.Array,
-        *, columns: jax.Array | None = None, shared: SharedKV | None = None,
+        self, inputs_embeds: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache,
+        slot: int | jax.Array, *, columns: jax.Array | None = None, shared: SharedKV | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Run `len` new tokens written at cache slots [slot, slot + len); returns the last hidden state.
 
         `token_mask` (batch, len) says which new tokens are real (left padding in a prompt is not).
-        A token attends to every valid slot up to its own. One token per row (decoding) may read
-        only the slots `columns` (an index array: those holding the rows' tokens, so a step's
-        reads follow what is cached, not the cache's size) and may attend to `shared` entries too.
+        A token attends to every valid slot up to its own. Written from slot 0 (the int: a prompt),
+        those are the new tokens before it, and attention is the decoder's fused causal attention
+        over them (`attention.causal_attention`, `token_mask` as segment ids), never an array over
+        (len x slots); from any other slot, XLA's attention over the cache. One token per row
+        (decoding) may read only the slots `columns` (an index array: those holding the rows'
+        tokens, so a step's reads follow what is cached, not the cache's size) and may attend to
+        `shared` entries too.
         """
         length = inputs_embeds.shape[1]
         cos, sin = self._rotary(positions)
@@ -157,9 +165,12 @@ class LlamaDecoder(nnx.Module):
         if columns is not None or shared is not None:
             raise ValueError("columns and shared are for one token per row (decoding)")
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, slot))
-        slots = jnp.arange(valid.shape[1])
-        causal = slots[None, :] <= (slot + jnp.arange(length))[:, None]
-        mask = (valid[:, None, :] & causal[None])[:, None]
+        if isinstance(slot, int) and slot == 0:
+            mask = token_mask.astype(jnp.int32)
+        else:
+            slots = jnp.arange(valid.shape[1])
+            causal = slots[None, :] <= (slot + jnp.arange(length))[:, None]
+            mask = (valid[:, None, :] & causal[None])[:, None]
 
         def body(layer: LlamaLayer, carry, index):
             h, kv = carry

@@ -1,13 +1,14 @@
 """Accelerator figures in one call: the stage-2 train step and 7B generation, ours vs transformers.
 
-    python -m benchmarks.accelerator [--llm-layers 6] [--out DIR] [--tiny] [--sections train generation serving]
+    python -m benchmarks.accelerator [--llm-layers 6] [--remat dots] [--out DIR] [--tiny] [--sections train generation serving]
 
 One process, one device, the same weights on both sides: transformers initializes each model in
 bfloat16 and saves it; we load that checkpoint.
 - Train step, stage 2 (projector + LLM train, towers frozen): ViT-L/14 towers at 224 px, a decoder
   of --llm-layers layers of Vicuna-7B's shape, 8 rows x 2,312 tokens (one 8-frame video + 256 text
-  tokens each, the last 128 labelled); ours float32 master weights / bfloat16 compute, no remat,
-  the trainer's jitted step (`train.state`); the reference float32 weights under bfloat16
+  tokens each, the last 128 labelled); ours float32 master weights / bfloat16 compute, --remat
+  (default "dots", the 7B recipes' setting), the trainer's jitted step (`train.state`); the
+  reference (no gradient checkpointing) float32 weights under bfloat16
   autocast with fused AdamW. Step time, both step-0 losses, compile time, and MFU of the project's
   `flops.step_flops` (LM head over the labelled tokens for ours; every logit, what it
   computes, for the reference) against the dense bfloat16 peak of the device kind
@@ -57,7 +58,7 @@ from benchmarks import serve_engine
 from benchmarks.train_step import jitted_step, labelled_batch, reference_step
 from vllava_jax import generation
 from vllava_jax.config import DTypePolicy
-from vllava_jax.modeling.layers import GPU_WEIGHTS_READ_IN_PLACE
+from vllava_jax.modeling.layers import GPU_WEIGHTS_READ_IN_PLACE, REMAT_POLICIES
 from vllava_jax.sharding import mesh_context
 from vllava_jax.train import flops, partition
 from vllava_jax.train.step import IGNORE
@@ -176,13 +177,13 @@ def memory_bandwidth(size_bytes: int, runs: int) -> float:
     return 2 * size_bytes / median_seconds(lambda: jax.block_until_ready(copy(x)), runs)
 
 
-def train_figures(report: Report, shapes: Shapes, layers: int, device: torch.device, peak: float) -> None:
+def train_figures(report: Report, shapes: Shapes, layers: int, remat: str, device: torch.device, peak: float) -> None:
     config = hf_config(shapes, layers)
     image_size = shapes.vision["image_size"]
     batch = labelled_batch(np.random.default_rng(0), shapes.train_rows, image_size, shapes.train_text_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         reference = save_reference(config, tmp, device).float()  # float32 master weights under autocast
-        ours = vllava_jax.load_pretrained(tmp, dtype=DTypePolicy.from_names("float32", "bfloat16"))
+        ours = vllava_jax.load_pretrained(tmp, dtype=DTypePolicy.from_names("float32", "bfloat16"), remat=remat)
     step, state, frozen, batches = jitted_step(ours.module, partition.preset("stage2"), batch)
     start = time.perf_counter()
     compiled = step.lower(state, frozen, batches).compile()
@@ -310,6 +311,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm-layers", type=int, default=None,
                         help="decoder layers of the train step's model (default 6; 2 with --tiny)")
+    parser.add_argument("--remat", default="dots", choices=["none", *REMAT_POLICIES],
+                        help="our train step's rematerialization (default dots, as the 7B recipes train)")
     parser.add_argument("--out", default="accelerator_out", help="directory for accelerator.json")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: the same code in seconds on a CPU")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
@@ -325,7 +328,8 @@ def main() -> None:
     peak = flops.peak_flops()
     meta = dict(device_kind=kind, backend=jax.default_backend(), torch_device=str(device), jax=jax.__version__,
                 torch=torch.__version__, transformers=transformers.__version__, tiny=args.tiny,
-                train_llm_layers=layers, shapes=dataclasses.asdict(shapes), dense_peak_flops=peak)
+                train_llm_layers=layers, train_remat=args.remat, shapes=dataclasses.asdict(shapes),
+                dense_peak_flops=peak)
     report = Report(epath.Path(args.out), meta)
     meta["matmul_peak_flops"] = matmul_peak(shapes.matmul_size, shapes.runs)
     report.add("measured bf16 matmul peak", meta["matmul_peak_flops"] / 1e12, unit="TFLOP/s",
@@ -333,7 +337,7 @@ def main() -> None:
     bandwidth = memory_bandwidth(shapes.copy_bytes, shapes.runs)
     report.add("measured memory bandwidth", bandwidth / 1e9, unit="GB/s")
     if "train" in args.sections:
-        report.run_section("train", train_figures, report, shapes, layers, device, peak)
+        report.run_section("train", train_figures, report, shapes, layers, args.remat, device, peak)
         free_memory(device)
     if {"generation", "serving"} & set(args.sections):
         models = report.run_section("models", generation_models, shapes, device)
@@ -346,7 +350,8 @@ def main() -> None:
             if "serving" in args.sections:
                 report.run_section("serving", serving_figures, report, ours, shapes)
     print(f"\n{kind} ({jax.default_backend()}), jax {jax.__version__}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}; train step with {layers} decoder layers; medians of {shapes.runs}")
+          f"{transformers.__version__}; train step with {layers} decoder layers, remat {args.remat}; medians of "
+          f"{shapes.runs}")
     print(report.table())
     print(f"wrote {report.path}")
     if report.data["failed"]:

@@ -129,15 +129,15 @@ def test_pallas_tpu_kernel_in_interpret_mode(layout, kv_heads, dtype):
             layout, 40, kv_heads, dtype)
 
 
-@pytest.mark.parametrize("layout", ["right-padded", "left-padded", "packed"])
+@pytest.mark.parametrize("layout", ["right-padded", "left-padded"])
 def test_lengths_branch_or_segment_kernel(layout):
-    """The GPU decoder path: fused attention with per-row lengths when every row is one segment
-    (left-padded rows rolled to the right around the call), else the Pallas kernel with segment ids.
-    Here the fused kernel is XLA's (cuDNN needs a GPU), taking the very lengths cuDNN gets."""
+    """The GPU decoder path: fused attention with per-row lengths when every row is one right-padded
+    segment, else the Pallas kernel with segment ids. Here the fused kernel is XLA's (cuDNN needs a GPU),
+    taking the very lengths cuDNN gets."""
     out = assert_matches_reference(
         lambda ids: lambda q, k, v: attention.lengths_or_segments(q, k, v, ids, fused=XLA_FUSED), layout, 40, 2)
     padded = np.asarray(segment_ids(layout, 40) == 0)
-    took_lengths = layout != "packed"
+    took_lengths = layout in ("no-padding", "right-padded")
     assert took_lengths == bool(np.all(np.asarray(out)[padded] == 0))  # the lengths branch zeroes padding
 
 
@@ -167,13 +167,12 @@ def careless_fused(q, k, v, *, is_causal, query_seq_lengths, key_value_seq_lengt
     return attend(q, k, v, query_seq_lengths)
 
 
-@pytest.mark.parametrize("layout", ["right-padded", "left-padded"])
-def test_lengths_branch_passes_on_nothing_a_fused_kernel_leaves_in_padding(layout):
-    """Padded rows through a fused kernel that leaves NaN at padded positions of its output and of
-    its gradients: the output and the gradients still equal the reference (finite)."""
+def test_lengths_branch_passes_on_nothing_a_fused_kernel_leaves_in_padding():
+    """Right-padded rows through a fused kernel that leaves NaN at padded positions of its output
+    and of its gradients: the output and the gradients still equal the reference (finite)."""
     assert_matches_reference(
         lambda ids: lambda q, k, v: attention.lengths_or_segments(q, k, v, ids, fused=careless_fused),
-        layout, 40, 2)
+        "right-padded", 40, 2)
 
 
 def test_towers_attention_is_xla_on_cpu():

@@ -202,3 +202,14 @@ def test_prompt_from_slot_zero_attends_like_the_cache(model, rng):
         ours, theirs = (np.asarray(x)[:, :, :, : ids.shape[1]].transpose(1, 3, 0, 2, 4)[real] for x in (ours, theirs))
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(fused[1].valid, masked[1].valid)
+
+
+def test_prefill_lays_each_prompt_from_the_first_column(model, rng):
+    """Left-padded prompts reach the decoder re-laid to the right (cuDNN's per-row lengths count
+    from a row's start): the cache holds each row's tokens in its first columns, in order."""
+    sampling = generation.SamplingConfig(max_new_tokens=4, eos_token_ids=(), pad_token_id=PAD)
+    ids, mask = left_pad([oracle.make_ids(rng, [n]) for n in (23, 9)])
+    decoding = generation.prefill(model, ids, mask, None, None, sampling=sampling, key=jax.random.key(0))
+    tokens = mask.sum(1)
+    expected = np.arange(decoding.cache.valid.shape[1])[None, :] < tokens[:, None]
+    np.testing.assert_array_equal(decoding.cache.valid, expected)

@@ -103,12 +103,25 @@ def _choose(logits, key, done, sampling: SamplingConfig):
 
 def run_prompt(model, input_ids, attention_mask, images, videos, slots: int):
     """Towers + prompt through the decoder into a fresh cache of `slots` slots (the prompt's first);
-    the logits of the last prompt token, the cache, the (batch,) positions of the next token."""
+    the logits of the last prompt token, the cache, the (batch,) positions of the next token.
+
+    Each row's tokens are moved to its first columns (left padding to the right) before the
+    decoder: the prompt then attends with the decoder's kernel for rows padded on the right
+    (cuDNN's flash attention on GPU takes per-row lengths counted from a row's start). The
+    cache holds the prompt in that layout, its `valid` saying which slots hold a token."""
     embeds = model.embed_inputs(input_ids, images, videos)
     positions = positions_from_mask(attention_mask)
+    padding = jnp.argmax(attention_mask > 0, axis=1)  # columns before each row's first token
+    embeds, row_positions, token_mask = (_roll_rows(x, padding) for x in (embeds, positions, attention_mask))
     cache = KVCache.empty(model.language_model.cfg, input_ids.shape[0], slots, embeds.dtype)
-    hidden, cache = model.language_model.cached(embeds, positions, attention_mask, cache, 0)
+    hidden, cache = model.language_model.cached(embeds, row_positions, token_mask, cache, 0)
     return model.language_model.logits(hidden), cache, positions[:, -1] + 1
+
+
+def _roll_rows(x: jax.Array, shift: jax.Array) -> jax.Array:
+    """(batch, len, ...) `x` with row r's column c taken from column (c + shift[r]) mod len."""
+    columns = (jnp.arange(x.shape[1])[None, :] + shift[:, None]) % x.shape[1]
+    return jnp.take_along_axis(x, columns.reshape(columns.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def _prefill_and_choose(graphdef, state, input_ids, attention_mask, images, videos, key, sampling: SamplingConfig):

@@ -22,10 +22,13 @@ Which implementation runs (`choose_implementation`):
 
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's fused flash attention.
   Its masks are causality and per-row lengths only (anything else would be an (L x L) bias), so
-  the decoder checks at run time (`lax.switch`) whether every row is one segment (unpacked
-  training rows, prompts, scoring): then cuDNN with `query_seq_lengths = key_value_seq_lengths =
-  tokens per row`, rows padded on the left rolled to the right around the call; otherwise (packed
-  rows) `pallas_gpu`, which takes segment ids natively.
+  the decoder checks at run time (`lax.cond`) whether every row is one segment padded on the
+  right (unpacked training rows, scoring without padding): then cuDNN with
+  `query_seq_lengths = key_value_seq_lengths = tokens per row`; otherwise (packed rows,
+  left-padded scoring) `pallas_gpu`, which takes segment ids natively. Prompts are re-laid to
+  the right before they get here (`generation.run_prompt`): re-laid here, as a third branch of
+  the `lax.cond`, the stage-2 train step compiled for an H200 kept that branch's residuals too
+  (3.1 GiB more temporaries at `benchmarks.accelerator`'s shapes).
 - `pallas_gpu`: `jax.experimental.pallas.ops.gpu.attention.mha` (Triton flash attention with
   segment ids; heads repeated for GQA, length padded to its block). Deprecated since jax 0.11 in
   favor of tokamax; it is still in jax 0.12.
@@ -163,13 +166,8 @@ def _causal_xla(q, k, v, segment_ids):
 def lengths_or_segments(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
                         fused: Callable[..., jax.Array] | None = None) -> jax.Array:
     """The GPU decoder path: `fused` attention (default cuDNN's, `jax.nn.dot_product_attention`'s
-    signature) with causality and per-row lengths when every row is one contiguous segment (decided
-    at run time), else the Pallas GPU kernel with segment ids. Tests on CPU pass XLA's.
-
-    The kernel's lengths count from the start of a row, so rows padded on the left (prompts) are
-    re-laid first: each row rolled left by its padding, attended, and rolled back. Attention within
-    a segment depends on the tokens' order, not their columns (positions were applied by RoPE
-    already), so the result is the same; rows padded on the right only (training) skip the roll.
+    signature) with causality and per-row lengths when every row is one segment padded on the right
+    (decided at run time), else the Pallas GPU kernel with segment ids. Tests on CPU pass XLA's.
 
     What the fused kernel computes for padded positions is not relied on either way: cuDNN leaves
     padded queries' outputs unwritten, so they are zeroed on the way out, and the gradients it
@@ -177,27 +175,19 @@ def lengths_or_segments(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: j
     NaN times zero is still NaN), so nothing undefined reaches the projections' gradients."""
     if fused is None:
         fused = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
-    columns = jnp.arange(q.shape[1])[None, :]
+    length = q.shape[1]
     tokens = jnp.sum(segment_ids > 0, axis=1, dtype=jnp.int32)
-    start = jnp.argmax(segment_ids > 0, axis=1).astype(jnp.int32)  # the first token's column (0 in an empty row)
-    one_segment = ((columns >= start[:, None]) & (columns < (start + tokens)[:, None])).astype(jnp.int32)
-    right_padded = columns < tokens[:, None]
+    right_padded = (jnp.arange(length)[None, :] < tokens[:, None]).astype(jnp.int32)
+    one_segment_each = jnp.all(segment_ids == right_padded)
 
     def with_lengths(q, k, v):
-        real = right_padded[:, :, None, None]
+        real = right_padded[:, :, None, None] > 0
         q, k, v = (_zero_gradient_outside(x, real) for x in (q, k, v))
         out = fused(q, k, v, is_causal=True, query_seq_lengths=tokens, key_value_seq_lengths=tokens)
         return jnp.where(real, out, jnp.zeros((), out.dtype)).astype(q.dtype)
 
-    def roll_rows(x, shift):  # row r's column c takes column (c + shift[r]) mod len
-        return jnp.take_along_axis(x, ((columns + shift[:, None]) % x.shape[1])[:, :, None, None], axis=1)
-
-    def relaid(q, k, v):
-        return roll_rows(with_lengths(*(roll_rows(x, start) for x in (q, k, v))), -start)
-
     with_segments = functools.partial(_per_shard(_causal_pallas_gpu), segment_ids=segment_ids)
-    branch = jnp.where(jnp.all(segment_ids == one_segment), jnp.where(jnp.all(start == 0), 0, 1), 2)
-    return jax.lax.switch(branch, (with_lengths, relaid, with_segments), q, k, v)
+    return jax.lax.cond(one_segment_each, with_lengths, with_segments, q, k, v)
 
 
 @jax.custom_vjp

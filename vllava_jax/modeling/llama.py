@@ -146,7 +146,8 @@ class LlamaDecoder(nnx.Module):
         self, inputs_embeds: jax.Array, positions: jax.Array, token_mask: jax.Array, cache: KVCache,
         slot: int | jax.Array, *, columns: jax.Array | None = None, shared: SharedKV | None = None,
     ) -> tuple[jax.Array, KVCache]:
-        """Run `len` new tokens written at cache slots [slot, slot + len); returns the last hidden state.
+        """Run `len` new tokens written at cache slots [slot, slot + len); returns each row's hidden
+        state at its last token (the last column where `token_mask` is 1).
 
         `token_mask` (batch, len) says which new tokens are real (left padding in a prompt is not).
         A token attends to every valid slot up to its own. Written from slot 0 (the int: a prompt),
@@ -180,7 +181,8 @@ class LlamaDecoder(nnx.Module):
         # slice in place before attending over it.
         (h, (keys, values)), _ = scan_layers(self.layers, (h, (cache.keys, cache.values)), body,
                                              xs=jnp.arange(self.cfg.num_hidden_layers))
-        return h[:, -1], KVCache(keys, values, valid)
+        last = length - 1 - jnp.argmax(token_mask[:, ::-1] > 0, axis=1)
+        return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0], KVCache(keys, values, valid)
 
     def _one_token(self, h, cos, sin, token_mask, cache: KVCache, slot, columns=None, shared=None
                    ) -> tuple[jax.Array, KVCache]:

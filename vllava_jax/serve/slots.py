@@ -125,20 +125,21 @@ def admit(graphdef, state, slots: Slots, row, input_ids, attention_mask, images,
     model = nnx.merge(graphdef, state)
     logits, prompt, positions = generation.run_prompt(model, input_ids, attention_mask, images, videos,
                                                       input_ids.shape[1])
-    return _place(slots, row, jnp.int32(-1), prompt, attention_mask[0], logits, positions[0], key, temperature, top_p)
+    return _place(slots, row, jnp.int32(-1), prompt, logits, positions[0], key, temperature, top_p)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def fill_prefix(graphdef, state, slots: Slots, entry, input_ids, attention_mask, images, videos) -> Slots:
     """Run a prompt's prefix (1, padded length <= the store's columns), its media included, into
-    prefix `entry`: its keys and values in the entry's first columns, the rest of the entry invalid."""
+    prefix `entry`: its tokens' keys and values in the entry's first columns (`run_prompt`'s
+    layout), the rest of the entry invalid."""
     model = nnx.merge(graphdef, state)
     _, prefix, _ = generation.run_prompt(model, input_ids, attention_mask, images, videos, input_ids.shape[1])
     keys, values = (jax.lax.dynamic_update_slice(mine, theirs.astype(mine.dtype), (0, entry, 0, 0, 0))
                     for mine, theirs in ((slots.prefixes.keys, prefix.keys), (slots.prefixes.values, prefix.values)))
     width = slots.prefixes.valid.shape[1]
     valid = slots.prefixes.valid.at[entry].set(jnp.arange(width) < 0)
-    valid = jax.lax.dynamic_update_slice(valid, attention_mask.astype(bool), (entry, 0))
+    valid = jax.lax.dynamic_update_slice(valid, prefix.valid, (entry, 0))
     return slots._replace(prefixes=KVCache(keys, values, valid)).placed()
 
 
@@ -161,20 +162,21 @@ def admit_after_prefix(graphdef, state, slots: Slots, row, entry, prefix_length,
     positions = prefix_length + positions_from_mask(attention_mask)
     hidden, cache = lm.cached(lm.embed(input_ids), positions, attention_mask, cache, width)
     rest = KVCache(cache.keys[..., width:, :], cache.values[..., width:, :], cache.valid[:, width:])
-    return _place(slots, row, entry, rest, attention_mask[0], lm.logits(hidden), positions[0, -1] + 1, key,
-                  temperature, top_p)
+    return _place(slots, row, entry, rest, lm.logits(hidden), positions[0, -1] + 1, key, temperature, top_p)
 
 
-def _place(slots: Slots, row, entry, prompt: KVCache, mask, logits, position, key, temperature, top_p
+def _place(slots: Slots, row, entry, prompt: KVCache, logits, position, key, temperature, top_p
            ) -> tuple[Slots, jax.Array]:
-    """`slots` with a prompt's keys and values (layers, 1, kv_heads, length, head_dim) in `row` at
-    the columns behind the head (padding, where `mask` is 0, not written), every other column of
-    the row invalid, and the row's next-token state; the first token chosen from `logits` (1, vocab)."""
+    """`slots` with a prompt's keys and values (layers, 1, kv_heads, length, head_dim) in `row`:
+    its tokens (the slots `prompt.valid` marks, in order; padding is not written) in the columns
+    right behind the head, every other column of the row invalid, and the row's next-token state;
+    the first token chosen from `logits` (1, vocab)."""
     key, sub = jax.random.split(key)
     first = choose_per_row(logits, sub[None], temperature[None], top_p[None])
-    length, columns = mask.shape[0], slots.cache.valid.shape[1]
+    mask = prompt.valid[0]
+    columns = slots.cache.valid.shape[1]
     # padding is not written: its target is out of range and dropped
-    target = jnp.where(mask > 0, (slots.head - length + jnp.arange(length)) % columns, columns)
+    target = jnp.where(mask, (slots.head - jnp.sum(mask) + jnp.cumsum(mask) - 1) % columns, columns)
     # [:, row, :, target] puts its two indexed axes first: (length, layers, kv_heads, head_dim)
     keys, values = (mine.at[:, row, :, target].set(jnp.moveaxis(theirs[:, 0], 2, 0), mode="drop")
                     for mine, theirs in ((slots.cache.keys, prompt.keys), (slots.cache.values, prompt.values)))

@@ -7,14 +7,18 @@ H200 without one.
 The decoder's layers are scanned: each step of the scan slices its layer's weights out of the
 stacked arrays. XLA on NVIDIA GPUs materializes that slice (a fusion that only copies) before its
 Triton gemms read it, so a decode step, which is all weight reads, moves every weight three times
-(read, write, read again) where the memory roofline counts one. With the compiler options the
-decode programs pass (`layers.GPU_WEIGHTS_READ_IN_PLACE`), cuBLAS reads each slice where it lies. This script compiles `train.programs.lower_generation` (towers + prompt prefill + the
-decode loop, bfloat16, one video per prompt) and the serving engine's step program (`serve.slots.step`:
---batch rows, a 256-column window, one stored prefix entry) for an H200 described below, once as
-shipped and once with those options turned off, and counts the bytes of slices the compiled
-programs materialize (`hlo_stats`: loops counted by their trip counts). Per decode step of
-generate comes from the difference between `--new-tokens` and one new token. No timing: compiled,
-never run.
+(read, write, read again) where the memory roofline counts one; and its dot merger concatenates
+the key and value projections' weights (a copy of both) before one matmul reads them. With the
+compiler options the decode programs pass (`layers.GPU_WEIGHTS_READ_IN_PLACE`), cuBLAS reads each
+slice where it lies and nothing is merged.
+
+This script compiles `train.programs.lower_generation` (towers + prompt prefill + the decode loop,
+bfloat16, one video per prompt) and the serving engine's step program (`serve.slots.step`: --batch
+rows, a 256-column window, one stored prefix entry) for an H200 described below: as shipped, with
+the dot merger back on, and with all those options at XLA's defaults; and counts the bytes of
+slices, alone or concatenated, that the compiled programs materialize (`hlo_stats`: loops counted
+by their trip counts). Per decode step of generate comes from the difference between
+`--new-tokens` and one new token. No timing: compiled, never run.
 """
 
 from __future__ import annotations
@@ -49,7 +53,12 @@ H200 = dict(threads_per_block_limit=1024, threads_per_warp=32, shared_memory_per
             core_count=132, fpus_per_core=128, block_dim_limit_x=2**31 - 1, block_dim_limit_y=65535,
             block_dim_limit_z=65535, memory_bandwidth=4_800_000_000_000, l2_cache_size=50 << 20, clock_rate_ghz=1.98,
             device_memory_size=141_000_000_000, registers_per_core_limit=65536, registers_per_block_limit=65536)
-OPTIONS_OFF = {name: not value for name, value in GPU_WEIGHTS_READ_IN_PLACE.items()}
+OPTIONS_OFF = {"xla_gpu_enable_dynamic_slice_fusion": False, "xla_gpu_enable_triton_gemm": True,
+               "xla_gpu_dot_merger_threshold_mb": 32}  # XLA's defaults
+assert OPTIONS_OFF.keys() == GPU_WEIGHTS_READ_IN_PLACE.keys()
+# the options as shipped but XLA's dot merger: what it alone copies
+MERGER_ON = dict(GPU_WEIGHTS_READ_IN_PLACE, xla_gpu_dot_merger_threshold_mb=OPTIONS_OFF["xla_gpu_dot_merger_threshold_mb"])
+VARIANTS = {"as shipped": None, "dot merger on": MERGER_ON, "options off": OPTIONS_OFF}
 
 
 def target_config(facts: dict, name: str = "NVIDIA H200") -> str:
@@ -107,7 +116,7 @@ def main() -> None:
     abstract = nnx.eval_shape(lambda: VideoLlavaModel(model_config, DTypePolicy.resolve("bfloat16"), nnx.Rngs(0)))
     rows = {}
     columns = -(-(args.prompt + args.new_tokens) // 64) * 64
-    for label, options in (("as shipped", None), ("options off", OPTIONS_OFF)):
+    for label, options in VARIANTS.items():
         whole, seconds = copied_bytes(model_config, mesh, args.batch, args.prompt, args.new_tokens, options)
         prefill_only, _ = copied_bytes(model_config, mesh, args.batch, args.prompt, 1, options)
         serving = serving_step_copied_bytes(abstract, mesh.devices.flat[0], args.batch, columns, options)
@@ -117,15 +126,15 @@ def main() -> None:
     print(f"7B generate compiled for an {H200['core_count']}-SM H200 (deviceless, jax {jax.__version__}): batch "
           f"{args.batch}, {args.prompt}-token prompt, {args.new_tokens} new tokens, bfloat16; decoder layers "
           f"{layers / 1e9:.2f} GB")
-    print("| figure | as shipped | options off | shipped/off |")
-    print("| --- | --- | --- | --- |")
+    print(f"| figure | {' | '.join(VARIANTS)} | shipped/off |")
+    print("| --- |" + " --- |" * (len(VARIANTS) + 1))
     for name, key, scale, unit in (("slices copied per generate_program call", "whole", 1e9, "GB"),
                                    ("slices copied per decode step", "per_step", 1e9, "GB"),
                                    ("slices copied per serving engine step", "serving", 1e9, "GB"),
                                    ("compile", "seconds", 1, "s")):
-        ours, off = rows["as shipped"][key] / scale, rows["options off"][key] / scale
-        ratio = f"{ours / off:.3f}" if off else "-"
-        print(f"| {name} ({unit}) | {ours:.3f} | {off:.3f} | {ratio} |")
+        figures = [rows[label][key] / scale for label in VARIANTS]
+        ratio = f"{figures[0] / figures[-1]:.3f}" if figures[-1] else "-"
+        print(f"| {name} ({unit}) | {' | '.join(f'{x:.3f}' for x in figures)} | {ratio} |")
     print(f"a decode step must read the decoder layers once ({layers / 1e9:.2f} GB); each GB copied costs two "
           "more (its write and its second read)")
 

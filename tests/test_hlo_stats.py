@@ -60,6 +60,24 @@ def test_slice_copies_count_fusions_that_only_slice_times_their_trips():
     assert cost.flops == 8 * (2 * 4 * 64 * 32)
 
 
+def test_slices_concatenated_are_copies_too():
+    """XLA's dot merger feeds two matmuls sharing an input with one whose weights are both layers'
+    slices concatenated: a fusion writing that concatenation copies both slices."""
+    merged = LOOP.replace("""  ROOT %ds = bf16[1,64,32]{2,1,0} dynamic-slice(%p0, %p1, %zero, %zero), dynamic_slice_sizes={1,64,32}
+}""", """  %ds = bf16[1,64,32]{2,1,0} dynamic-slice(%p0, %p1, %zero, %zero), dynamic_slice_sizes={1,64,32}
+  %w = bf16[64,32]{1,0} bitcast(%ds)
+  %ds2 = bf16[1,64,32]{2,1,0} dynamic-slice(%p0, %zero, %zero, %zero), dynamic_slice_sizes={1,64,32}
+  %w2 = bf16[64,32]{1,0} bitcast(%ds2)
+  ROOT %both = bf16[64,64]{1,0} concatenate(%w, %w2), dimensions={1}
+}""").replace("%copied = bf16[1,64,32]{2,1,0} fusion", "%copied = bf16[64,64]{1,0} fusion")
+    assert "concatenate" in merged and "%copied = bf16[64,64]" in merged
+    assert hlo_stats.Program(merged).cost().slice_copy_bytes == 8 * (64 * 64 * 2)
+    added = merged.replace("ROOT %both = bf16[64,64]{1,0} concatenate(%w, %w2)",
+                           "%sum = bf16[64,32]{1,0} add(%w, %w2)\n  ROOT %both = bf16[64,64]{1,0} concatenate(%w, %sum)")
+    assert "add(%w, %w2)" in added
+    assert hlo_stats.Program(added).cost().slice_copy_bytes == 0  # arithmetic, not a copy
+
+
 def test_trip_counts_as_the_gpu_compiler_writes_them():
     """The GPU compiler states a counted loop's trips (`known_trip_count`) and puts a loop's comparison
     in a fusion its condition calls; both give the loop's trips."""

@@ -157,12 +157,15 @@ def remat_policy(remat: bool | str):
 
 # XLA on NVIDIA GPUs copies a scanned layer's weights out of their stack (a dynamic-slice fusion)
 # before its Triton gemms read them; with these options cuBLAS reads them where they lie (XLA's
-# dynamic-slice fusion takes the layer index as an address offset). A decode step, which is all
-# weight reads, moved every weight three times instead of once (the 7B decode loop compiled for an
-# H200, benchmarks/gpu_weight_copies.py), so the decode programs pass them. Compute-bound programs
-# (prefill, training) keep XLA's defaults, Triton gemms included, until a GPU measures both.
-# Other platforms ignore these options.
-GPU_WEIGHTS_READ_IN_PLACE = {"xla_gpu_enable_dynamic_slice_fusion": True, "xla_gpu_enable_triton_gemm": False}
+# dynamic-slice fusion takes the layer index as an address offset), and no two matmuls sharing an
+# input are merged into one (XLA's dot merger concatenates their weights first: the key and value
+# projections, 64 MiB per layer of the 7B decoder). A decode step, which is all weight reads, moved
+# every weight three times instead of once, and the merged pair once more (the 7B decode loop
+# compiled for an H200, benchmarks/gpu_weight_copies.py), so the decode programs pass them.
+# Compute-bound programs (prefill, training) keep XLA's defaults, Triton gemms included, until a
+# GPU measures both. Other platforms ignore these options.
+GPU_WEIGHTS_READ_IN_PLACE = {"xla_gpu_enable_dynamic_slice_fusion": True, "xla_gpu_enable_triton_gemm": False,
+                             "xla_gpu_dot_merger_threshold_mb": 0}
 
 
 def scan_layers(

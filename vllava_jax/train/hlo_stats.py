@@ -12,11 +12,13 @@ a `conditional` by its costliest branch. Counted per chip (the HLO is one chip's
 - collectives: all-gather, reduce-scatter (TPU emits it as an all-reduce inside an
   `all-reduce-scatter` fusion), all-reduce, all-to-all, collective-permute, with the size of the
   whole buffer each one moves;
-- slice copies: bytes written to device memory by top-level fusions whose result is a slice
-  (their root a `slice` or `dynamic-slice`; async `fusion-start`s included): typically a layer's
-  weights copied out of their stack before a matmul reads them again, where it could have read
-  them in place. A result placed in another memory space (`S(n)` in its layout, such as a TPU
-  core's VMEM) is a prefetch on chip, not counted.
+- slice copies: bytes written to device memory by top-level fusions whose result is a slice, or
+  slices put side by side (their root a `slice` or `dynamic-slice`, or a `concatenate` of those;
+  async `fusion-start`s included): typically a layer's weights copied out of their stack before
+  a matmul reads them again, where it could have read them in place, or two weight matrices'
+  slices concatenated so that one matmul does the work of two (XLA's dot merger). A result placed in
+  another memory space (`S(n)` in its layout, such as a TPU core's VMEM) is a prefetch on chip,
+  not counted.
 """
 
 from __future__ import annotations
@@ -188,9 +190,19 @@ class Program:
         return total
 
     def _sliced_bytes(self, fused: str) -> float:
-        """The bytes a fusion writes if its result is a slice (its root a slice), else 0."""
-        root = next(i for i in self.computations[fused] if i.root)
-        return shape_bytes(root.shape) if root.opcode in ("slice", "dynamic-slice") else 0.0
+        """The bytes a fusion writes if its result is a slice or slices concatenated, else 0."""
+        instructions = {i.name: i for i in self.computations[fused]}
+        root = next(i for i in instructions.values() if i.root)
+
+        def is_slice(name: str) -> bool:
+            ins = instructions.get(name)
+            while ins is not None and ins.opcode in ("bitcast", "reshape", "copy"):
+                ins = instructions.get(ins.operands[0])
+            return ins is not None and ins.opcode in ("slice", "dynamic-slice")
+
+        if is_slice(root.name) or (root.opcode == "concatenate" and all(is_slice(o) for o in root.operands)):
+            return shape_bytes(root.shape)
+        return 0.0
 
     def float_arrays_ending_in(self, sizes: set[int]) -> list[str]:
         """Instructions whose result holds a float array with two trailing dims (n, n), n in `sizes`."""

@@ -159,11 +159,12 @@ def test_second_question_about_a_video_reuses_its_features(served):
     with open(clip, "ab") as f:  # different bytes from every clip asked about before: a new medium
         f.write(b"\0")
     runs = service.engine.feature_cache.tower_runs
-    first = client.chat.completions.create(model="tiny", messages=video_message(QUESTIONS[0], clip), max_tokens=2)
+    first = client.chat.completions.create(model="tiny", messages=video_message(QUESTIONS[0], clip), max_tokens=2,
+                                           temperature=0)  # greedy: a sampled EOS would end it early at random
     assert service.engine.feature_cache.tower_runs == runs + 1
     by_path = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{clip}"}},
                                             {"type": "text", "text": QUESTIONS[1]}]}]
-    second = client.chat.completions.create(model="tiny", messages=by_path, max_tokens=2)
+    second = client.chat.completions.create(model="tiny", messages=by_path, max_tokens=2, temperature=0)
     assert service.engine.feature_cache.tower_runs == runs + 1  # same content: the towers did not run again
     assert first.usage.completion_tokens == second.usage.completion_tokens == 2
 

@@ -16,9 +16,9 @@ a `conditional` by its costliest branch. Counted per chip (the HLO is one chip's
   slices put side by side (their root a `slice` or `dynamic-slice`, or a `concatenate` of those;
   async `fusion-start`s included): typically a layer's weights copied out of their stack before
   a matmul reads them again, where it could have read them in place, or two weight matrices'
-  slices concatenated so that one matmul does the work of two (XLA's dot merger). A result placed in
-  another memory space (`S(n)` in its layout, such as a TPU core's VMEM) is a prefetch on chip,
-  not counted.
+  slices concatenated so that one matmul does the work of two (XLA's dot merger). A result
+  placed in another memory space (`S(n)` in its layout, such as a TPU core's VMEM) is a prefetch
+  on chip, not counted.
 """
 
 from __future__ import annotations

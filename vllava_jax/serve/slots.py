@@ -176,7 +176,7 @@ def _place(slots: Slots, row, entry, prompt: KVCache, logits, position, key, tem
     mask = prompt.valid[0]
     columns = slots.cache.valid.shape[1]
     # padding is not written: its target is out of range and dropped
-    target = jnp.where(mask, (slots.head - jnp.sum(mask) + jnp.cumsum(mask) - 1) % columns, columns)
+    target = jnp.where(mask, (slots.head - jnp.sum(mask) + positions_from_mask(mask)) % columns, columns)
     # [:, row, :, target] puts its two indexed axes first: (length, layers, kv_heads, head_dim)
     keys, values = (mine.at[:, row, :, target].set(jnp.moveaxis(theirs[:, 0], 2, 0), mode="drop")
                     for mine, theirs in ((slots.cache.keys, prompt.keys), (slots.cache.values, prompt.values)))

@@ -337,7 +337,8 @@ def test_one_token_over_its_cache_and_shared_entries_equals_attention_over_what_
     continues = np.array([1, -1, 0])  # row 1 continues no entry
     sees = (continues[:, None] == np.arange(entries))[:, :, None] & entry_valid[None]
 
-    out = attend_one_token(q, k, v, keys, values, visible, (shared_keys, shared_values, sees))
+    # the cache's layout: values with the slots last
+    out = attend_one_token(q, k, v, keys, values.swapaxes(2, 3), visible, (shared_keys, shared_values.swapaxes(2, 3), sees))
 
     rows = []
     for b in range(batch):

@@ -198,8 +198,10 @@ def test_prompt_from_slot_zero_attends_like_the_cache(model, rng):
     masked = jax.jit(lambda e, slot: lm.cached(e, positions, mask, empty, slot))(embeds, np.int32(0))
     real = mask.astype(bool)
     np.testing.assert_allclose(fused[0], masked[0], rtol=1e-5, atol=1e-5)
-    for ours, theirs in zip(fused[1][:2], masked[1][:2]):  # keys, values: compared where a token was written
-        ours, theirs = (np.asarray(x)[:, :, :, : ids.shape[1]].transpose(1, 3, 0, 2, 4)[real] for x in (ours, theirs))
+    # keys (layers, batch, kv_heads, slots, head_dim), values with the slots last: compared where a token was written
+    for ours, theirs, order in ((fused[1].keys, masked[1].keys, (1, 3, 0, 2, 4)),
+                                (fused[1].values, masked[1].values, (1, 4, 0, 2, 3))):
+        ours, theirs = (np.asarray(x).transpose(order)[:, : ids.shape[1]][real] for x in (ours, theirs))
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(fused[1].valid, masked[1].valid)
 

@@ -60,6 +60,15 @@ def test_slice_copies_count_fusions_that_only_slice_times_their_trips():
     assert cost.flops == 8 * (2 * 4 * 64 * 32)
 
 
+def test_loops_and_what_fusions_compute():
+    program = hlo_stats.Program(LOOP)
+    assert program.loops() == [("main", "body", 8)]
+    body = {ins.name: ins for ins in program.computations["body"]}
+    assert program.result_opcode(body["copied"]) == "dynamic-slice"
+    assert program.result_opcode(body["read"]) == "dot"
+    assert program.result_opcode(body["next"]) == "add"
+
+
 def test_slices_concatenated_are_copies_too():
     """XLA's dot merger feeds two matmuls sharing an input with one whose weights are both layers'
     slices concatenated: a fusion writing that concatenation copies both slices."""

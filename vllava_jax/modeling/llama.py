@@ -45,7 +45,7 @@ class LlamaAttention(nnx.Module):
         keys, values = kv_cache.write(cache, (k[None], v[None]), layer, slot)
         if mask.ndim == 2:
             return self.o(causal_attention(q, k, v, mask)), (keys, values)
-        out = masked_attention(q, keys[layer].swapaxes(1, 2), values[layer].swapaxes(1, 2), mask)
+        out = masked_attention(q, keys[layer].swapaxes(1, 2), values[layer].transpose(0, 3, 1, 2), mask)
         return self.o(out), (keys, values)
 
     def project(self, x, cos, sin):
@@ -54,7 +54,7 @@ class LlamaAttention(nnx.Module):
 
     def one_token(self, x, cos, sin, keys, values, earlier, shared=None):
         """Decoding: x (batch, 1, embed) attends to itself and to this layer's cached `keys`/`values`
-        (batch, kv_heads, slots, head_dim) where `earlier` (batch, slots), and to this layer's
+        (`kv_cache.attend_one_token`'s layout) where `earlier` (batch, slots), and to this layer's
         `shared` entries (`kv_cache.attend_one_token`); returns the output and x's (k, v), for the
         caller to write into the cache."""
         q, k, v = self.project(x, cos, sin)
@@ -198,19 +198,22 @@ class LlamaDecoder(nnx.Module):
         batch = h.shape[0]
         earlier = cache.valid[:batch] if columns is None else jnp.take(cache.valid[:batch], columns, axis=1)
 
+        stacks = tuple(kv_cache.keep_layout(c) for c in (cache.keys, cache.values))
+
         def body(layer: LlamaLayer, h, index):
-            keys, values = (jax.lax.dynamic_index_in_dim(c, index, keepdims=False)[:batch]
-                            for c in (cache.keys, cache.values))
-            if columns is not None:
-                keys, values = (jnp.take(x, columns, axis=2) for x in (keys, values))
+            keys, values = (kv_cache.keep_layout(jax.lax.dynamic_index_in_dim(c, index, keepdims=False)[:batch])
+                            for c in stacks)
+            if columns is not None:  # the slots axis: keys' third, values' last
+                keys, values = jnp.take(keys, columns, axis=2), jnp.take(values, columns, axis=3)
             common = None
             if shared is not None:
                 entries, width = shared.visible.shape[1:]
-                common = (*(jax.lax.dynamic_index_in_dim(c, index, keepdims=False)[:entries, :, :width]
-                            for c in (shared.keys, shared.values)), shared.visible)
+                layer_keys, layer_values = (jax.lax.dynamic_index_in_dim(c, index, keepdims=False)[:entries]
+                                            for c in (shared.keys, shared.values))
+                common = (layer_keys[:, :, :width], layer_values[..., :width], shared.visible)
             return layer.one_token(h, cos, sin, keys, values, earlier, common)
 
         h, new = scan_layers(self.layers, h, body, xs=jnp.arange(self.cfg.num_hidden_layers))
-        keys, values = kv_cache.write((cache.keys, cache.values), new, 0, slot)
+        keys, values = kv_cache.write(stacks, new, 0, slot)
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, slot))
         return h[:, -1], KVCache(keys, values, valid)

@@ -52,8 +52,8 @@ from vllava_jax.sharding import constrain
 class Slots(NamedTuple):
     """Everything the engine keeps on the device, one entry per row where it has a leading axis."""
 
-    cache: KVCache           # (layers, rows, kv_heads, columns, head_dim); valid (rows, columns)
-    prefixes: KVCache        # (layers, entries, kv_heads, prefix columns, head_dim); valid (entries, prefix columns)
+    cache: KVCache           # rows x columns (`KVCache`'s layout); valid (rows, columns)
+    prefixes: KVCache        # entries x prefix columns; valid (entries, prefix columns)
     prefix_of: jax.Array     # (rows,) int32 the prefix entry the row's prompt continues, -1 for none
     last: jax.Array          # (rows,) int32 the last chosen token: the next step's input
     positions: jax.Array     # (rows,) int32 its position
@@ -85,14 +85,15 @@ class Slots(NamedTuple):
         """The state pinned to one placement on the current mesh (rows over the batch axes, kv heads
         over tensor; nothing without a mesh), the same on the way out of every program."""
         rows = functools.partial(constrain, names=("batch",))
-        cache = KVCache(*(constrain(x, ("layers", "batch", "kv_heads", "length", "head_dim"))
-                          for x in (self.cache.keys, self.cache.values)), constrain(self.cache.valid, ("batch", "length")))
+
+        def cache(kv: KVCache, batch: str | None) -> KVCache:
+            return KVCache(constrain(kv.keys, ("layers", batch, "kv_heads", "length", "head_dim")),
+                           constrain(kv.values, ("layers", batch, "kv_heads", "head_dim", "length")),
+                           constrain(kv.valid, (batch, "length")))
+
         # every row may read every entry: entries are not split over the batch axes
-        prefixes = KVCache(*(constrain(x, ("layers", None, "kv_heads", "length", "head_dim"))
-                             for x in (self.prefixes.keys, self.prefixes.values)),
-                           constrain(self.prefixes.valid, (None, "length")))
-        return Slots(cache, prefixes, rows(self.prefix_of), rows(self.last), rows(self.positions), rows(self.keys),
-                     rows(self.temperature), rows(self.top_p), self.head)
+        return Slots(cache(self.cache, "batch"), cache(self.prefixes, None), rows(self.prefix_of), rows(self.last),
+                     rows(self.positions), rows(self.keys), rows(self.temperature), rows(self.top_p), self.head)
 
 
 def choose_per_row(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -155,19 +156,20 @@ def admit_after_prefix(graphdef, state, slots: Slots, row, entry, prefix_length,
     lm = nnx.merge(graphdef, state).language_model
     length, width = input_ids.shape[1], slots.prefixes.valid.shape[1]
     # a one-row cache holding the entry, then room for the rest: the prompt path as generate runs it
-    cache = KVCache(*(jnp.pad(jax.lax.dynamic_slice_in_dim(x, entry, 1, axis=1),
-                              ((0, 0), (0, 0), (0, 0), (0, length), (0, 0)))
-                      for x in (slots.prefixes.keys, slots.prefixes.values)),
+    entry_keys, entry_values = (jax.lax.dynamic_slice_in_dim(x, entry, 1, axis=1)
+                                for x in (slots.prefixes.keys, slots.prefixes.values))
+    cache = KVCache(jnp.pad(entry_keys, ((0, 0), (0, 0), (0, 0), (0, length), (0, 0))),
+                    jnp.pad(entry_values, ((0, 0), (0, 0), (0, 0), (0, 0), (0, length))),
                     jnp.pad(jax.lax.dynamic_slice_in_dim(slots.prefixes.valid, entry, 1), ((0, 0), (0, length))))
     positions = prefix_length + positions_from_mask(attention_mask)
     hidden, cache = lm.cached(lm.embed(input_ids), positions, attention_mask, cache, width)
-    rest = KVCache(cache.keys[..., width:, :], cache.values[..., width:, :], cache.valid[:, width:])
+    rest = KVCache(cache.keys[..., width:, :], cache.values[..., width:], cache.valid[:, width:])
     return _place(slots, row, entry, rest, lm.logits(hidden), positions[0, -1] + 1, key, temperature, top_p)
 
 
 def _place(slots: Slots, row, entry, prompt: KVCache, logits, position, key, temperature, top_p
            ) -> tuple[Slots, jax.Array]:
-    """`slots` with a prompt's keys and values (layers, 1, kv_heads, length, head_dim) in `row`:
+    """`slots` with a prompt's keys and values (a one-row `KVCache` of `length` slots) in `row`:
     its tokens (the slots `prompt.valid` marks, in order; padding is not written) in the columns
     right behind the head, every other column of the row invalid, and the row's next-token state;
     the first token chosen from `logits` (1, vocab)."""
@@ -177,9 +179,9 @@ def _place(slots: Slots, row, entry, prompt: KVCache, logits, position, key, tem
     columns = slots.cache.valid.shape[1]
     # padding is not written: its target is out of range and dropped
     target = jnp.where(mask, (slots.head - jnp.sum(mask) + positions_from_mask(mask)) % columns, columns)
-    # [:, row, :, target] puts its two indexed axes first: (length, layers, kv_heads, head_dim)
-    keys, values = (mine.at[:, row, :, target].set(jnp.moveaxis(theirs[:, 0], 2, 0), mode="drop")
-                    for mine, theirs in ((slots.cache.keys, prompt.keys), (slots.cache.values, prompt.values)))
+    # indexed by row and target, the two indexed axes come first: (length, layers, kv_heads, head_dim)
+    keys = slots.cache.keys.at[:, row, :, target].set(jnp.moveaxis(prompt.keys[:, 0], 2, 0), mode="drop")
+    values = slots.cache.values.at[:, row, :, :, target].set(jnp.moveaxis(prompt.values[:, 0], 3, 0), mode="drop")
     valid = slots.cache.valid.at[row].set(jnp.zeros((columns,), bool).at[target].set(True, mode="drop"))
     return slots._replace(cache=KVCache(keys, values, valid), prefix_of=slots.prefix_of.at[row].set(entry),
                           last=slots.last.at[row].set(first[0]), positions=slots.positions.at[row].set(position),

@@ -35,7 +35,8 @@ COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "coll
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]")
 _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \((.*)\) -> .* \{$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.*)$")
-_FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "conditional", "call",
+# opcodes that launch no kernel of their own and move no data
+FREE_OPCODES = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "conditional", "call",
          "after-all", "partition-id", "replica-id", "opt-barrier", "all-gather-done", "all-reduce-done",
          "collective-permute-done", "async-done", "copy-done", "send-done", "recv-done"}
 
@@ -170,7 +171,7 @@ class Program:
                 total.counts[kind] += 1
                 total.largest[kind] = max(total.largest[kind], size)
             top_level = not name.startswith(("fused", "wrapped", "all-reduce-scatter"))
-            if top_level and ins.opcode not in _FREE:
+            if top_level and ins.opcode not in FREE_OPCODES:
                 total.hbm_bytes += shape_bytes(ins.shape) + sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
             if top_level and ins.opcode in ("fusion", "fusion-start") and "S(" not in ins.shape:
                 total.slice_copy_bytes += sum(self._sliced_bytes(callee) for callee in _called(ins.attributes, "calls"))
@@ -188,6 +189,17 @@ class Program:
                 for callee in _called(ins.attributes, "calls"):
                     total.add(self.cost(callee))
         return total
+
+    def loops(self) -> list[tuple[str, str, int | None]]:
+        """(computation, body, trip count) of every `while`, fusions' insides excluded."""
+        return [(name, _called(ins.attributes, "body")[0], trip_count(ins, self.computations))
+                for name, instructions in self.computations.items() for ins in instructions if ins.opcode == "while"]
+
+    def result_opcode(self, ins: Instruction) -> str:
+        """What an instruction computes: a fusion's root opcode, else its own."""
+        if ins.opcode != "fusion":
+            return ins.opcode
+        return next(i for i in self.computations[_called(ins.attributes, "calls")[0]] if i.root).opcode
 
     def _sliced_bytes(self, fused: str) -> float:
         """The bytes a fusion writes if its result is a slice or slices concatenated, else 0."""

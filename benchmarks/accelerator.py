@@ -60,7 +60,7 @@ from vllava_jax import generation
 from vllava_jax.config import DTypePolicy
 from vllava_jax.modeling.layers import GPU_WEIGHTS_READ_IN_PLACE, REMAT_POLICIES
 from vllava_jax.sharding import mesh_context
-from vllava_jax.train import flops, partition
+from vllava_jax.train import flops, partition, roofline
 from vllava_jax.train.step import IGNORE
 
 FRAMES = 8
@@ -231,16 +231,6 @@ def train_figures(report: Report, shapes: Shapes, layers: int, remat: str, devic
                seconds["ours"], unit="s")
 
 
-def decoder_bytes(ours) -> int:
-    """Bytes a decode step reads of the parameters: the decoder's layers, final norm and LM head
-    (the towers and the projector are not run; one embedding row per token is negligible)."""
-    flat = dict(jax.tree_util.tree_flatten_with_path(ours.state["language_model"])[0])
-    total = sum(leaf.nbytes for leaf in flat.values())
-    tied = ours.config.text_config.tie_word_embeddings
-    embed = next(leaf.nbytes for path, leaf in flat.items() if "embed_tokens" in jax.tree_util.keystr(path))
-    return total - (0 if tied else embed)
-
-
 def generation_models(shapes: Shapes, device: torch.device):
     """(ours, reference): the generation shape's model, initialized and saved by transformers in
     bfloat16, loaded by us."""
@@ -264,7 +254,6 @@ def prefill_in_place(ours, ids: np.ndarray, videos: np.ndarray, new_tokens: int)
 def generation_figures(report: Report, shapes: Shapes, ours, reference, bandwidth: float) -> None:
     """Prefill, decode and stream figures at each batch, ours and the reference's."""
     image_size = shapes.vision["image_size"]
-    params = decoder_bytes(ours)
     text = ours.config.text_config
     for batch in shapes.generation_batches:
         ids, videos = video_prompt(np.random.default_rng(batch), batch, image_size, shapes.prompt_text_tokens)
@@ -279,12 +268,12 @@ def generation_figures(report: Report, shapes: Shapes, ours, reference, bandwidt
         report.add(f"decode b{batch}", ours_rate, ref_rate, unit="tok/s")
         stream_rate = decode_rate(batch, shapes.new_tokens, t["ours_stream"], t["ours_prefill"])
         report.add(f"stream b{batch} (ours) vs generate (ours)", stream_rate, ours_rate, unit="tok/s")
-        # each step reads the parameters and every row's filled cache (keys and values, all layers)
-        filled = ids.shape[1] + shapes.new_tokens / 2
-        cache = 2 * text.num_hidden_layers * filled * text.num_key_value_heads * text.head_dim * 2  # bfloat16
-        roofline = batch * bandwidth / (params + batch * cache)
-        report.add(f"decode b{batch} fraction of memory roofline", ours_rate / roofline, ref_rate / roofline,
-                   unit="fraction", roofline_tok_s=roofline, bytes_per_step=params + batch * cache)
+        # each step reads the parameters and every row's filled cache (on average half the new tokens)
+        step_bytes = roofline.decode_step_bytes(ours.state["language_model"], text, batch,
+                                                ids.shape[1] + shapes.new_tokens / 2, ours.policy.compute_dtype)
+        rate = batch * bandwidth / step_bytes
+        report.add(f"decode b{batch} fraction of memory roofline", ours_rate / rate, ref_rate / rate,
+                   unit="fraction", roofline_tok_s=rate, bytes_per_step=step_bytes)
         # last: a what-if (one more compile), which a run cut short can best do without
         in_place = median_seconds(prefill_in_place(ours, ids, videos.astype(np.float32), shapes.new_tokens),
                                   shapes.runs)

@@ -16,7 +16,11 @@ bfloat16, for the H200 of `benchmarks/gpu_weight_copies.py`, and reads from thei
 - the largest float32 array a decode step writes per layer: a layer's attention needs only its
   (rows x heads x slots) scores; an array of a layer's cache size means an intermediate product
   written to memory (the probabilities x values product before its sum);
-- temporaries (`memory_analysis()`).
+- temporaries (`memory_analysis()`);
+- HBM bytes per decoded token as `hlo_stats` models them (what each top-level kernel reads and
+  writes; a scanned layer's weights counted as the slices read) over the least a step must read
+  (`roofline.decode_step_bytes`: the decoder's parameters and every row's cache, all its slots
+  here, as the step reads them): 1.00 is decoding at the memory roofline's byte count.
 
 No timing: compiled, never run.
 """
@@ -45,11 +49,11 @@ from vllava_jax.modeling.kv_cache import KVCache  # noqa: E402
 from vllava_jax.modeling.video_llava import VideoLlavaModel  # noqa: E402
 from vllava_jax.serve import slots  # noqa: E402
 from vllava_jax.sharding import make_mesh  # noqa: E402
-from vllava_jax.train import hlo_stats  # noqa: E402
+from vllava_jax.train import hlo_stats, roofline  # noqa: E402
 from vllava_jax.train.build import build_model_config  # noqa: E402
 
 
-def cache_figures(compiled, cache_elements: int, layers: int, steps: int) -> dict:
+def cache_figures(compiled, cache_elements: int, layers: int, steps: int, least_bytes: float) -> dict:
     """The figures of the module docstring from one compiled decode program that decodes `steps`
     tokens per call (`steps` 1: a program with no token loop)."""
     program = hlo_stats.Program(compiled.as_text())
@@ -59,6 +63,7 @@ def cache_figures(compiled, cache_elements: int, layers: int, steps: int) -> dic
     step_bodies = {body for name, body, _ in loops if name not in layer_bodies} & {
         name for name, body, _ in loops if body in layer_bodies}
     copied, largest_f32 = 0.0, 0.0
+    per_token = sum(program.cost(body).hbm_bytes for body in step_bodies) if step_bodies else program.cost().hbm_bytes
     for name in (program.entry, *step_bodies, *layer_bodies):
         for ins in program.computations[name]:
             if ins.opcode in hlo_stats.FREE_OPCODES:
@@ -69,7 +74,8 @@ def cache_figures(compiled, cache_elements: int, layers: int, steps: int) -> dic
                     largest_f32 = max(largest_f32, size if dtype == "f32" else 0)
                 elif math.prod(dims) == cache_elements and program.result_opcode(ins) != "dynamic-update-slice":
                     copied += size * (steps if name in step_bodies else 1)
-    return dict(copied=copied, largest_f32=largest_f32, temps=compiled.memory_analysis().temp_size_in_bytes)
+    return dict(copied=copied, largest_f32=largest_f32, temps=compiled.memory_analysis().temp_size_in_bytes,
+                over_least=per_token / least_bytes)
 
 
 def decode_programs(graphdef, state, cfg, batch: int, columns: int, on_device, sampling):
@@ -106,16 +112,19 @@ def main() -> None:
     with jax.sharding.use_abstract_mesh(make_mesh(1, 1, 1, devices=[device]).abstract_mesh):
         for batch in args.batches:
             cache_elements = cfg.num_hidden_layers * batch * cfg.num_key_value_heads * columns * cfg.head_dim
+            least = roofline.decode_step_bytes(state["language_model"], cfg, batch, columns, jnp.bfloat16)
             for program, compiled, steps in decode_programs(graphdef, on_device(state), cfg, batch, columns, on_device,
                                                             sampling):
-                rows.append((program, batch, cache_figures(compiled, cache_elements, cfg.num_hidden_layers, steps)))
+                figures = cache_figures(compiled, cache_elements, cfg.num_hidden_layers, steps, least)
+                rows.append((program, batch, figures))
     print(f"7B decode programs compiled for an H200 (deviceless, jax {jax.__version__}): {args.prompt}-token prompt, "
           f"{columns} cache slots, bfloat16; decode_loop decodes {args.new_tokens} tokens per call")
-    print("| program | batch | cache copies per call (GB) | largest float32 array per layer (MB) | temporaries (GiB) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| program | batch | cache copies per call (GB) | largest float32 array per layer (MB) | temporaries (GiB) "
+          "| HBM bytes per token / least |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for program, batch, figures in rows:
         print(f"| {program} | {batch} | {figures['copied'] / 1e9:.2f} | {figures['largest_f32'] / 1e6:.2f} | "
-              f"{figures['temps'] / 2**30:.2f} |")
+              f"{figures['temps'] / 2**30:.2f} | {figures['over_least']:.3f} |")
 
 
 if __name__ == "__main__":

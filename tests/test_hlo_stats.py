@@ -60,6 +60,53 @@ def test_slice_copies_count_fusions_that_only_slice_times_their_trips():
     assert cost.flops == 8 * (2 * 4 * 64 * 32)
 
 
+def test_hbm_bytes_count_a_sliced_stack_as_its_slices():
+    """Per trip: the copying fusion reads one layer (4,096 B) and the index (4), writes the layer;
+    the in-place reader reads one layer, the index and x (512), writes (4, 32) (256); the counter's
+    add reads two s32 and writes one. Not the whole (8, 64, 32) stack per fusion."""
+    per_trip = (4096 + 4 + 4096) + (4096 + 4 + 512 + 256) + 3 * 4
+    assert hlo_stats.Program(LOOP).cost().hbm_bytes == 8 * per_trip
+
+
+# In place: a fusion writes a new layer into a stack (its root a dynamic-update-slice of the stack),
+# then a library call (as cuBLAS's, with its scratch workspace) reads that layer through a slice.
+IN_PLACE = """HloModule in_place
+
+%write_layer (p0: bf16[8,64,32], p1: bf16[1,64,32], p2: s32[]) -> bf16[8,64,32] {
+  %p0 = bf16[8,64,32]{2,1,0} parameter(0)
+  %p1 = bf16[1,64,32]{2,1,0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %zero = s32[] constant(0)
+  ROOT %dus = bf16[8,64,32]{2,1,0} dynamic-update-slice(%p0, %p1, %p2, %zero, %zero)
+}
+
+%gemm (p0: bf16[8,64,32], p1: s32[], p2: bf16[4,64]) -> (bf16[4,32], s8[1048576]) {
+  %p0 = bf16[8,64,32]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %p2 = bf16[4,64]{1,0} parameter(2)
+  %zero = s32[] constant(0)
+  %ds = bf16[1,64,32]{2,1,0} dynamic-slice(%p0, %p1, %zero, %zero), dynamic_slice_sizes={1,64,32}
+  %w = bf16[64,32]{1,0} bitcast(%ds)
+  ROOT %call = (bf16[4,32]{1,0}, s8[1048576]{0}) custom-call(%p2, %w), custom_call_target="__cublas$gemm"
+}
+
+ENTRY %main (stack: bf16[8,64,32], layer: bf16[1,64,32], i: s32[], x: bf16[4,64]) -> (bf16[4,32], s8[1048576]) {
+  %stack = bf16[8,64,32]{2,1,0} parameter(0)
+  %layer = bf16[1,64,32]{2,1,0} parameter(1)
+  %i = s32[] parameter(2)
+  %x = bf16[4,64]{1,0} parameter(3)
+  %written = bf16[8,64,32]{2,1,0} fusion(%stack, %layer, %i), kind=kLoop, calls=%write_layer
+  ROOT %product = (bf16[4,32]{1,0}, s8[1048576]{0}) fusion(%written, %i, %x), kind=kCustom, calls=%gemm
+}
+"""
+
+
+def test_hbm_bytes_of_an_update_in_place_and_of_a_library_call_skip_the_stack_and_the_workspace():
+    written = 4096 + 4 + 4096  # reads the layer and the index, writes the layer; the stack stays
+    product = 4096 + 4 + 512 + 256  # one layer through its slice, the index, x; the (4, 32) result
+    assert hlo_stats.Program(IN_PLACE).cost().hbm_bytes == written + product
+
+
 def test_loops_and_what_fusions_compute():
     program = hlo_stats.Program(LOOP)
     assert program.loops() == [("main", "body", 8)]

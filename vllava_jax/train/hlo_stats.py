@@ -7,8 +7,11 @@ bound its condition compares against; the decode loop's is its upper bound, `max
 a `conditional` by its costliest branch. Counted per chip (the HLO is one chip's program):
 
 - FLOPs of `dot` and `convolution` (2 x multiply-adds), wherever they sit (fusions included);
-- HBM bytes: operands + results of every top-level instruction (fusions read their inputs and
-  write their outputs once; what stays inside a fusion never reaches HBM), as XLA models it;
+- HBM bytes: what every top-level instruction reads and writes (what stays inside a fusion never
+  reaches HBM), as XLA models it, but with what a fusion only slices counted as the slices it
+  reads (a scanned layer's weights, not their whole stack), an operand it updates in place (its
+  root a dynamic-update-slice of it) as the update written, and a library call's scratch
+  workspace (the `s8` array cuBLAS and cuDNN calls return last) not at all;
 - collectives: all-gather, reduce-scatter (TPU emits it as an all-reduce inside an
   `all-reduce-scatter` fusion), all-reduce, all-to-all, collective-permute, with the size of the
   whole buffer each one moves;
@@ -37,8 +40,8 @@ _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \((.*)\) -> .* \{$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.*)$")
 # opcodes that launch no kernel of their own and move no data
 FREE_OPCODES = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "conditional", "call",
-         "after-all", "partition-id", "replica-id", "opt-barrier", "all-gather-done", "all-reduce-done",
-         "collective-permute-done", "async-done", "copy-done", "send-done", "recv-done"}
+                "after-all", "partition-id", "replica-id", "opt-barrier", "all-gather-done", "all-reduce-done",
+                "collective-permute-done", "async-done", "copy-done", "fusion-done", "send-done", "recv-done"}
 
 
 def arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -151,6 +154,9 @@ class Program:
         self.computations, self.entry = parse(hlo)
         self._memo: dict[str, Cost] = {}
         self.unknown_loops = 0
+        # computations that run inside a fusion's kernel (nested fusions' included)
+        self._fused = {callee for instructions in self.computations.values() for ins in instructions
+                       if ins.opcode in ("fusion", "fusion-start") for callee in _called(ins.attributes, "calls")}
 
     def cost(self, name: str | None = None) -> Cost:
         name = name or self.entry
@@ -170,9 +176,9 @@ class Program:
                 total.collectives[kind] += size
                 total.counts[kind] += 1
                 total.largest[kind] = max(total.largest[kind], size)
-            top_level = not name.startswith(("fused", "wrapped", "all-reduce-scatter"))
+            top_level = name not in self._fused
             if top_level and ins.opcode not in FREE_OPCODES:
-                total.hbm_bytes += shape_bytes(ins.shape) + sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
+                total.hbm_bytes += self._traffic(ins, shapes)
             if top_level and ins.opcode in ("fusion", "fusion-start") and "S(" not in ins.shape:
                 total.slice_copy_bytes += sum(self._sliced_bytes(callee) for callee in _called(ins.attributes, "calls"))
             if ins.opcode == "while":
@@ -189,6 +195,28 @@ class Program:
                 for callee in _called(ins.attributes, "calls"):
                     total.add(self.cost(callee))
         return total
+
+    def _traffic(self, ins: Instruction, shapes: dict[str, str]) -> float:
+        """Bytes a top-level instruction reads and writes (the HBM bytes of the module docstring)."""
+        operands = [shapes.get(o, "") for o in ins.operands]
+        if ins.opcode == "copy-start":  # (destination, source, context): reads the source, writes its copy
+            return 2 * sum(map(shape_bytes, operands))
+        if ins.opcode == "dynamic-update-slice":  # in place: reads the update and writes it
+            return 2 * shape_bytes(operands[1]) + sum(map(shape_bytes, operands[2:]))
+        if ins.opcode not in ("fusion", "fusion-start"):
+            return _written_bytes(ins, shapes.get) + sum(map(shape_bytes, operands))
+        fused = self.computations[_called(ins.attributes, "calls")[0]]
+        parameters = {int(i.literal): i for i in fused if i.opcode == "parameter"}
+        by_name = {i.name: i for i in fused}
+        users = collections.defaultdict(list)
+        for i in fused:
+            for position, operand in enumerate(i.operands):
+                users[operand].append((i, position))
+        root = next(i for i in fused if i.root)
+        outputs = [by_name[o] for o in root.operands] if root.opcode == "tuple" else [root]
+        read = sum(_read_bytes(parameters[index].name, shape_bytes(shape), users, outputs)
+                   for index, shape in enumerate(operands) if index in parameters)
+        return read + sum(_written_bytes(out, lambda name: by_name[name].shape) for out in outputs)
 
     def loops(self) -> list[tuple[str, str, int | None]]:
         """(computation, body, trip count) of every `while`, fusions' insides excluded."""
@@ -243,6 +271,31 @@ class Program:
                         found.append(f"{dtype}[{','.join(map(str, dims))}] {ins.opcode} in {computation}"
                                      + (f" ({op.group(1)})" if op else ""))
         return found
+
+
+def _read_bytes(parameter: str, whole: float, users: dict, outputs: list[Instruction]) -> float:
+    """Bytes a fusion reads of the operand behind `parameter` (`whole` bytes): the slices it takes
+    if it only slices it, nothing if it only updates it in place, else all of it."""
+    read, pending = 0.0, [parameter]
+    while pending:
+        for user, position in users[pending.pop()]:
+            if user.opcode == "bitcast":
+                pending.append(user.name)
+            elif user.opcode in ("slice", "dynamic-slice") and position == 0:
+                read += shape_bytes(user.shape)
+            elif not (user.opcode == "dynamic-update-slice" and position == 0 and any(user is o for o in outputs)):
+                return whole
+    return min(read, whole)
+
+
+def _written_bytes(ins: Instruction, shape_of) -> float:
+    """Bytes an instruction's result puts in memory: a dynamic-update-slice writes its update (the
+    rest stays where it is), a library call its result without its scratch workspace."""
+    if ins.opcode == "dynamic-update-slice":
+        return shape_bytes(shape_of(ins.operands[1]))
+    if ins.opcode == "custom-call":
+        return sum(DTYPE_BYTES[t] * math.prod(dims) for t, dims in arrays(ins.shape) if t != "s8")
+    return shape_bytes(ins.shape)
 
 
 def _collective_kind(ins: Instruction, computation: str) -> str | None:

@@ -1,4 +1,5 @@
-"""A stated step-time model from a compiled program's per-chip figures (`hlo_stats.Cost`).
+"""A stated step-time model from a compiled program's per-chip figures (`hlo_stats.Cost`), and the
+bytes a decode step must read (what decoding's memory roofline divides the bandwidth by).
 
     step = max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) + collective bytes / ICI bandwidth
 
@@ -13,6 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import numpy as np
+
+from vllava_jax.config import TextConfig
 from vllava_jax.train.hlo_stats import Cost
 from vllava_jax.train.topology import Chip
 
@@ -39,3 +44,16 @@ class StepEstimate:
 def estimate(cost: Cost, chip: Chip) -> StepEstimate:
     return StepEstimate(cost.flops / chip.peak_flops, cost.hbm_bytes / chip.hbm_bandwidth,
                         ici_bytes(cost) / chip.ici_bandwidth)
+
+
+def decode_step_bytes(language_model_state, text_config: TextConfig, batch: int, filled: float, cache_dtype) -> float:
+    """The least a decode step reads: the decoder's parameters (arrays or their shapes; the input
+    embedding table but one row a token, so not counted unless tied to the LM head) and `batch`
+    rows' `filled` cached tokens (keys and values of every layer, in `cache_dtype`)."""
+    flat = jax.tree_util.tree_flatten_with_path(language_model_state)[0]
+    total = sum(leaf.size * np.dtype(leaf.dtype).itemsize for _, leaf in flat)
+    embed = next(leaf.size * np.dtype(leaf.dtype).itemsize for path, leaf in flat
+                 if "embed_tokens" in jax.tree_util.keystr(path))
+    params = total - (0 if text_config.tie_word_embeddings else embed)
+    per_token = 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * text_config.head_dim
+    return params + batch * filled * per_token * np.dtype(cache_dtype).itemsize

@@ -107,6 +107,27 @@ def test_hbm_bytes_of_an_update_in_place_and_of_a_library_call_skip_the_stack_an
     assert hlo_stats.Program(IN_PLACE).cost().hbm_bytes == written + product
 
 
+KERNELS = """HloModule kernels
+
+ENTRY %main (a: bf16[768,512], b: bf16[512,1024], q: bf16[2,4,384,32]) -> (bf16[768,1024], bf16[2,4,384,32], bf16[2,4,384,32]) {
+  %a = bf16[768,512]{1,0} parameter(0)
+  %b = bf16[512,1024]{1,0} parameter(1)
+  %q = bf16[2,4,384,32]{3,2,1,0} parameter(2)
+  %gemm = (bf16[768,1024]{1,0}, s8[4194304]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul", backend_config={"operation_queue_id":"0","gemm_backend_config":{"selected_algorithm":"0","alpha_real":1,"beta":0,"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}
+  %product = bf16[768,1024]{1,0} get-tuple-element(%gemm), index=0
+  %forward = bf16[2,4,384,32]{3,2,1,0} custom-call(%q), custom_call_target="tpu_custom_call", backend_config={"flag_configs":[],"custom_call_config":{"body":"TUzvUgFN","cost_estimate":{"flops":"156008448","transcendentals":"1179648","bytes_accessed":"4349952"}}}
+  %backward = bf16[2,4,384,32]{3,2,1,0} custom-call(%q), custom_call_target="tpu_custom_call", backend_config={"flag_configs":[],"custom_call_config":{"body":"TUzvUgFH"}}
+  ROOT %out = (bf16[768,1024]{1,0}, bf16[2,4,384,32]{3,2,1,0}, bf16[2,4,384,32]{3,2,1,0}) tuple(%product, %forward, %backward)
+}
+"""
+
+
+def test_flops_of_a_cublas_gemm_and_of_a_pallas_kernel_that_states_its_own():
+    gemm = 2 * 768 * 1024 * 512  # the (768 x 512) @ (512 x 1024) product; the workspace is no result
+    forward = 156008448  # the kernel's cost_estimate; the backward kernel states none and counts 0
+    assert hlo_stats.Program(KERNELS).cost().flops == gemm + forward
+
+
 def test_loops_and_what_fusions_compute():
     program = hlo_stats.Program(LOOP)
     assert program.loops() == [("main", "body", 8)]

@@ -238,7 +238,8 @@ def train_report(config, model_config, chip, devices, global_batch, choice: Mesh
                                    model_config.video_tower_config.num_frames,
                                    head_tokens=global_batch * labelled_head_rows(config.max_length), images=1) / chips
     tokens = global_batch * config.max_length
-    print(f"modelled step time on {chip.name} (train.roofline: max(compute, HBM) + ICI, stated there):")
+    print(f"modelled step time on {chip.name} (train.roofline: max(compute, HBM) + ICI, stated there; FLOPs at "
+          "the chip's peak and bytes at its bandwidth, so the step it gives is optimistic and its MFU high):")
     print(f"  compute {estimate.compute_s:.3f} s, HBM {estimate.memory_s:.3f} s, ICI {estimate.ici_s:.3f} s -> "
           f"step {estimate.step_s:.3f} s ({estimate.bound} bound)")
     print(f"  MFU {model_flops / (estimate.step_s * chip.peak_flops):.1%} (model FLOPs "

@@ -6,7 +6,12 @@ every computation is weighted by how often it runs: a `while` body by its trip c
 bound its condition compares against; the decode loop's is its upper bound, `max_new_tokens`),
 a `conditional` by its costliest branch. Counted per chip (the HLO is one chip's program):
 
-- FLOPs of `dot` and `convolution` (2 x multiply-adds), wherever they sit (fusions included);
+- FLOPs of `dot` and `convolution` (2 x multiply-adds), wherever they sit (fusions included), of
+  cuBLAS gemms (custom calls with a `gemm_backend_config`), and of kernels that state theirs (a
+  Pallas TPU kernel's `cost_estimate`: the flash attention's forward, counted as the reference
+  attention it replaces, every score of the L x L matrix). Other kernels are not counted: the
+  Pallas flash attention's backward kernels state nothing, nor does cuDNN's attention; where they
+  run, the FLOPs fall short of the work done;
 - HBM bytes: what every top-level instruction reads and writes (what stays inside a fusion never
   reaches HBM), as XLA models it, but with what a fusion only slices counted as the slices it
   reads (a scanned layer's weights, not their whole stack), an operand it updates in place (its
@@ -321,13 +326,26 @@ def _dims(attributes: str, key: str) -> list[int]:
     return [int(d) for d in match.group(1).split(",") if d] if match else []
 
 
+# a Pallas TPU kernel's own count of its work (`pl.CostEstimate`), in its backend_config
+_STATED_FLOPS = re.compile(r'"cost_estimate":\{[^}]*?"flops":"?([0-9]+)')
+# a cuBLAS gemm's contracting dimensions of its first operand, in its backend_config
+_GEMM_CONTRACTING = re.compile(r'"gemm_backend_config":\{.*?"lhs_contracting_dimensions":\[([^\]]*)\]')
+
+
 def _flops(ins: Instruction, shapes: dict[str, str]) -> float:
-    if ins.opcode == "dot":
+    gemm = _GEMM_CONTRACTING.search(ins.attributes) if ins.opcode == "custom-call" else None
+    if ins.opcode == "dot" or gemm:
         lhs = arrays(shapes.get(ins.operands[0], ""))
         if not lhs:
             return 0.0
-        contracted = math.prod(lhs[0][1][d] for d in _dims(ins.attributes, "lhs_contracting_dims"))
-        return 2.0 * sum(math.prod(d) for _, d in arrays(ins.shape)) * contracted
+        dims = [int(d) for d in re.findall(r"[0-9]+", gemm.group(1))] if gemm else _dims(ins.attributes,
+                                                                                         "lhs_contracting_dims")
+        contracted = math.prod(lhs[0][1][d] for d in dims)
+        result = arrays(ins.shape)[0][1]  # a library gemm returns its workspace after the product
+        return 2.0 * math.prod(result) * contracted
+    if ins.opcode == "custom-call":
+        stated = _STATED_FLOPS.search(ins.attributes)
+        return float(stated.group(1)) if stated else 0.0
     if ins.opcode != "convolution":
         return 0.0
     # TPU rewrites dots as convolutions: batch dims become windows with lhs dilation, or a size-1

@@ -3,11 +3,13 @@ bytes a decode step must read (what decoding's memory roofline divides the bandw
 
     step = max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) + collective bytes / ICI bandwidth
 
-Compute and memory traffic overlap; collectives are assumed not to (pessimistic: XLA overlaps
-much of FSDP's gathers with compute). Collective bytes per chip: the buffer size of each
-all-gather, reduce-scatter, all-to-all and collective-permute, twice that of each all-reduce (a
-ring moves (n-1)/n of the buffer per phase; taken as 1), over the chip's bidirectional ICI
-bandwidth (all links). MFU counts model FLOPs only (`train.flops`), not rematerialization.
+Compute and memory traffic overlap, each at the chip's peak: the step the program allows, which
+real kernels do not reach, so where collectives are small read it as a floor on step time and its
+MFU as a ceiling. Collectives are assumed not to overlap (pessimistic: XLA overlaps much of
+FSDP's gathers with compute). Collective bytes per chip: the buffer size of each all-gather,
+reduce-scatter, all-to-all and collective-permute, twice that of each all-reduce (a ring moves
+(n-1)/n of the buffer per phase; taken as 1), over the chip's bidirectional ICI bandwidth (all
+links). MFU counts model FLOPs only (`train.flops`), not rematerialization.
 """
 
 from __future__ import annotations

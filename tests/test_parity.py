@@ -141,6 +141,36 @@ def test_remat_changes_memory_not_numbers(tiny_checkpoints, rng):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+def test_layers_unrolled_as_on_nvidia_gpus_change_the_program_not_numbers(tiny_checkpoints, rng, monkeypatch):
+    """The decoder's training forward as compiled for an NVIDIA GPU (layers unrolled, with remat
+    dots) against the scanned one: the same logits and gradients, and one loop fewer."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vllava_jax.modeling import llama
+
+    path, ref_model = tiny_checkpoints("gqa_default")
+    ids = jnp.asarray(oracle.make_ids(rng, [3, ("image", oracle.tokens_per_image(ref_model)), 6])[None])
+    images = pixels(rng, ref_model, 1)
+    scanned, unrolled = vllava_jax.load_pretrained(path), vllava_jax.load_pretrained(path, remat="dots")
+
+    def loss(state, model):
+        return nnx.merge(model.graphdef, state)(ids, jnp.ones_like(ids), images).astype("float32").std()
+
+    def loops_logits_grads(model):
+        grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+        loops = grad.lower(model.state, model).compile().as_text().count(" while(")
+        return loops, np.asarray(model(ids, pixel_values_images=images).logits), grad(model.state, model)[1]
+
+    scanned_loops, scanned_logits, scanned_grads = loops_logits_grads(scanned)
+    monkeypatch.setattr(llama, "compile_platform", lambda: "gpu")
+    unrolled_loops, unrolled_logits, unrolled_grads = loops_logits_grads(unrolled)
+    assert unrolled_loops == scanned_loops - 2  # the decoder's forward loop and its backward loop
+    np.testing.assert_allclose(unrolled_logits, scanned_logits, rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(unrolled_grads), jax.tree.leaves(scanned_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
 def test_packed_rows_match_separate_rows(tiny_checkpoints, rng):
     """Two samples packed in one row with segment ids give each sample's own logits."""
     path, ref_model = tiny_checkpoints("gqa_default")

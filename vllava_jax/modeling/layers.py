@@ -176,11 +176,14 @@ def scan_layers(
     xs: Any = None,
     length: int | None = None,
     remat: bool | str = False,
+    unroll: bool = False,
 ) -> tuple[jax.Array, Any]:
     """Run the first `length` stacked layers as one compiled body.
 
     `body(layer, carry, x) -> (carry, y)` sees its layer's slice `x` of `xs` (e.g. its KV cache);
     the `y`s come back stacked along a leading layers axis. `remat` names a `REMAT_POLICIES` entry.
+    `unroll` traces the body once per layer, one after another, instead of as a loop: the same
+    computation, with no loop for what the backward pass saves to be stacked into and sliced out of.
     """
     graphdef, state = nnx.split(layers)
     if length is not None:
@@ -193,4 +196,4 @@ def scan_layers(
     policy = remat_policy(remat)
     if policy is not None:
         step = jax.checkpoint(step, policy=policy)
-    return jax.lax.scan(step, carry, (state, xs))
+    return jax.lax.scan(step, carry, (state, xs), unroll=unroll)

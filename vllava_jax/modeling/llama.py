@@ -1,4 +1,5 @@
-"""LLaMA decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU; layers scanned.
+"""LLaMA decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU; layers scanned
+(unrolled in the training forward on NVIDIA GPUs: `LlamaDecoder.hidden_states`).
 
 Two entry points share one layer body: `__call__` runs a whole sequence (training, scoring), and
 `cached` writes the new tokens' keys and values into a preallocated KV cache at a slot offset and
@@ -13,7 +14,7 @@ from flax import nnx
 
 from vllava_jax.config import DTypePolicy, TextConfig
 from vllava_jax.modeling import kv_cache
-from vllava_jax.modeling.attention import causal_attention, masked_attention
+from vllava_jax.modeling.attention import causal_attention, compile_platform, masked_attention
 from vllava_jax.modeling.kv_cache import KVCache, SharedKV
 from vllava_jax.modeling.layers import Dense, RMSNorm, matmul_2d, param, scan_layers, stacked
 from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_tables
@@ -131,6 +132,14 @@ class LlamaDecoder(nnx.Module):
 
         With `segment_ids` (batch, len; 0 = padding), several packed samples share a row and a
         token attends only within its own segment; `positions` then restart per segment.
+
+        Compiled for NVIDIA GPUs (the mesh's platform, as attention decides) the layers are
+        unrolled, elsewhere scanned. In a scan, XLA's GPU backend copies each tensor the backward
+        pass keeps into a stack of all layers' and, in the backward loop, out of it again before
+        its Triton gemms read it, and each layer's float32 weights out of theirs: at
+        `benchmarks.accelerator`'s stage-2 shapes 203 of the 423 GB a step moves without remat, 75
+        of 317 GB with `dots` (BENCHMARKS.md). Unrolled, nothing is stacked, and compiling takes
+        longer (twice as long at 32 layers); CPU and TPU keep the scan (not measured unrolled).
         """
         cos, sin = self._rotary(positions)
         segments = attention_mask if segment_ids is None else segment_ids  # unpacked: one segment, 0 on padding
@@ -139,7 +148,7 @@ class LlamaDecoder(nnx.Module):
             return constrain(layer(h, cos, sin, segments)[0], ACTIVATION), None
 
         h = constrain(inputs_embeds.astype(self.policy.compute_dtype), ACTIVATION)
-        h, _ = scan_layers(self.layers, h, body, remat=self.remat)
+        h, _ = scan_layers(self.layers, h, body, remat=self.remat, unroll=compile_platform() in ("gpu", "cuda"))
         return h
 
     def cached(

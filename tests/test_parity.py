@@ -141,13 +141,10 @@ def test_remat_changes_memory_not_numbers(tiny_checkpoints, rng):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def test_layers_unrolled_as_on_nvidia_gpus_change_the_program_not_numbers(tiny_checkpoints, rng, monkeypatch):
-    """The decoder's training forward as compiled for an NVIDIA GPU (layers unrolled, with remat
-    dots) against the scanned one: the same logits and gradients, and one loop fewer."""
-    import jax.numpy as jnp
+def test_unrolled_decoder_layers_change_the_program_not_numbers(tiny_checkpoints, rng, monkeypatch):
+    """The decoder's training forward unrolled (as NVIDIA GPUs compile it; here by the override),
+    with remat dots, against the scanned one: the same logits and gradients, and two loops fewer."""
     from flax import nnx
-
-    from vllava_jax.modeling import llama
 
     path, ref_model = tiny_checkpoints("gqa_default")
     ids = jnp.asarray(oracle.make_ids(rng, [3, ("image", oracle.tokens_per_image(ref_model)), 6])[None])
@@ -163,12 +160,26 @@ def test_layers_unrolled_as_on_nvidia_gpus_change_the_program_not_numbers(tiny_c
         return loops, np.asarray(model(ids, pixel_values_images=images).logits), grad(model.state, model)[1]
 
     scanned_loops, scanned_logits, scanned_grads = loops_logits_grads(scanned)
-    monkeypatch.setattr(llama, "compile_platform", lambda: "gpu")
+    monkeypatch.setenv("VLLAVA_DECODER_LAYERS", "unrolled")
     unrolled_loops, unrolled_logits, unrolled_grads = loops_logits_grads(unrolled)
     assert unrolled_loops == scanned_loops - 2  # the decoder's forward loop and its backward loop
     np.testing.assert_allclose(unrolled_logits, scanned_logits, rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.tree.leaves(unrolled_grads), jax.tree.leaves(scanned_grads)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_layers_unroll_on_nvidia_gpus_unless_overridden(monkeypatch):
+    from vllava_jax.errors import ConfigError
+    from vllava_jax.modeling.llama import unrolls_training_layers
+
+    assert [unrolls_training_layers(p) for p in ("gpu", "cuda", "tpu", "cpu")] == [True, True, False, False]
+    monkeypatch.setenv("VLLAVA_DECODER_LAYERS", "scanned")
+    assert not unrolls_training_layers("gpu")
+    monkeypatch.setenv("VLLAVA_DECODER_LAYERS", "unrolled")
+    assert unrolls_training_layers("tpu")
+    monkeypatch.setenv("VLLAVA_DECODER_LAYERS", "unroll")
+    with pytest.raises(ConfigError, match="VLLAVA_DECODER_LAYERS='unroll'"):
+        unrolls_training_layers("gpu")
 
 
 def test_packed_rows_match_separate_rows(tiny_checkpoints, rng):

@@ -8,11 +8,14 @@ attends over every valid slot (generation: one prefill, then one token per step,
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vllava_jax.config import DTypePolicy, TextConfig
+from vllava_jax.errors import ConfigError
 from vllava_jax.modeling import kv_cache
 from vllava_jax.modeling.attention import causal_attention, compile_platform, masked_attention
 from vllava_jax.modeling.kv_cache import KVCache, SharedKV
@@ -21,6 +24,17 @@ from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_t
 from vllava_jax.sharding import constrain
 
 ACTIVATION = ("batch", "length", "activation_embed")
+LAYERS_OVERRIDE_ENV = "VLLAVA_DECODER_LAYERS"
+
+
+def unrolls_training_layers(platform: str) -> bool:
+    """Whether the decoder's training forward (`LlamaDecoder.hidden_states`) compiled for
+    `platform` unrolls its layers: on NVIDIA GPUs, unless the VLLAVA_DECODER_LAYERS environment
+    variable ("scanned" or "unrolled", read when a step is traced) says otherwise."""
+    forced = os.environ.get(LAYERS_OVERRIDE_ENV, "")
+    if forced not in ("", "scanned", "unrolled"):
+        raise ConfigError(f"environment variable {LAYERS_OVERRIDE_ENV}={forced!r} is not 'scanned' or 'unrolled'")
+    return forced == "unrolled" if forced else platform in ("gpu", "cuda")
 
 
 class LlamaAttention(nnx.Module):
@@ -134,13 +148,14 @@ class LlamaDecoder(nnx.Module):
         token attends only within its own segment; `positions` then restart per segment.
 
         Compiled for NVIDIA GPUs (the mesh's platform, as attention decides) the layers are
-        unrolled, elsewhere scanned. In a scan, XLA's GPU backend copies each tensor the backward
-        pass keeps into a stack of all layers' and, in the backward loop, out of it again before
-        its Triton gemms read it, and each layer's float32 weights out of theirs: at
-        `benchmarks.accelerator`'s stage-2 shapes 203 of the 423 GB a step moves without remat, 75
-        of 317 GB with `dots` (BENCHMARKS.md). Unrolled, nothing is stacked, and compiling takes
-        longer (twice as long at 32 layers). CPU and TPU keep the scan: on a v6e-64 pod unrolling
-        cut the modelled bytes by a fifth but took 3.7 GiB more per chip and compiled for minutes.
+        unrolled, elsewhere scanned (`unrolls_training_layers`). In a scan, XLA's GPU backend
+        copies each tensor the backward pass keeps into a stack of all layers' and, in the
+        backward loop, out of it again before its Triton gemms read it, and each layer's float32
+        weights out of theirs: at `benchmarks.accelerator`'s stage-2 shapes 203 of the 423 GB a
+        step moves without remat, 75 of 317 GB with `dots` (BENCHMARKS.md). Unrolled, nothing is
+        stacked, and compiling takes longer (twice as long at 32 layers). CPU and TPU keep the
+        scan: on a v6e-64 pod unrolling cut the modelled bytes by a fifth but took 3.7 GiB more
+        per chip and compiled for minutes.
         """
         cos, sin = self._rotary(positions)
         segments = attention_mask if segment_ids is None else segment_ids  # unpacked: one segment, 0 on padding
@@ -149,7 +164,8 @@ class LlamaDecoder(nnx.Module):
             return constrain(layer(h, cos, sin, segments)[0], ACTIVATION), None
 
         h = constrain(inputs_embeds.astype(self.policy.compute_dtype), ACTIVATION)
-        h, _ = scan_layers(self.layers, h, body, remat=self.remat, unroll=compile_platform() in ("gpu", "cuda"))
+        unroll = unrolls_training_layers(compile_platform())
+        h, _ = scan_layers(self.layers, h, body, remat=self.remat, unroll=unroll)
         return h
 
     def cached(

@@ -95,9 +95,9 @@ def attend_one_token(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array, 
     token is written, so the reads depend only on the loop's incoming buffer and the write can
     follow them in place (reading the written cache instead made XLA fuse the write into the read
     and copy the whole cache before every layer's write). `visible` (batch, slots) is True for the
-    earlier tokens the query sees. Each kv head serves heads // kv_heads consecutive query heads (GQA, no repeated copy).
-    Logits, softmax and the weighted sum run in float32 (as `jax.nn.dot_product_attention`);
-    the output, (batch, 1, heads, head_dim), is in q's dtype. The two products are einsums
+    earlier tokens the query sees. Each kv head serves heads // kv_heads consecutive query heads
+    (GQA, no repeated copy). Logits, softmax and the weighted sum run in float32 (as
+    `jax.nn.dot_product_attention`); the output, (batch, 1, heads, head_dim), is in q's dtype. The two products are einsums
     (batched over batch and kv heads, the cache's leading axes, so no operand is transposed): on
     XLA's CPU backend elementwise products and reductions decoded 3-5x slower.
 

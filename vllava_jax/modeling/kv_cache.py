@@ -97,9 +97,10 @@ def attend_one_token(q: jax.Array, k: jax.Array, v: jax.Array, keys: jax.Array, 
     and copy the whole cache before every layer's write). `visible` (batch, slots) is True for the
     earlier tokens the query sees. Each kv head serves heads // kv_heads consecutive query heads
     (GQA, no repeated copy). Logits, softmax and the weighted sum run in float32 (as
-    `jax.nn.dot_product_attention`); the output, (batch, 1, heads, head_dim), is in q's dtype. The two products are einsums
-    (batched over batch and kv heads, the cache's leading axes, so no operand is transposed): on
-    XLA's CPU backend elementwise products and reductions decoded 3-5x slower.
+    `jax.nn.dot_product_attention`); the output, (batch, 1, heads, head_dim), is in q's dtype. The
+    two products are einsums (batched over batch and kv heads, the cache's leading axes, so no
+    operand is transposed): on XLA's CPU backend elementwise products and reductions decoded 3-5x
+    slower.
 
     `shared` = (keys (entries, kv_heads, slots', head_dim), values (entries, kv_heads, head_dim,
     slots'), visible (batch, entries, slots'))

@@ -79,6 +79,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
     "tower": ("xla", "cudnn"),
 }
 _FUSED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+NVIDIA_PLATFORMS = ("gpu", "cuda")  # the platform names jax gives NVIDIA GPUs
 
 
 def compile_platform() -> str:
@@ -89,17 +90,23 @@ def compile_platform() -> str:
     return jax.devices()[0].platform
 
 
+def environment_override(variable: str, choices) -> str:
+    """The value of environment variable `variable` ("" when unset), one of `choices`; any other
+    value is a ConfigError naming it."""
+    value = os.environ.get(variable, "")
+    if value and value not in choices:
+        raise ConfigError(f"environment variable {variable}={value!r} is not one of {sorted(choices)}")
+    return value
+
+
 def choose_implementation(kind: Kind, platform: str, dtype, head_dim: int) -> str:
     """The implementation `kind` ("decoder" or "tower") attention runs for `platform` ("cpu", "gpu",
     "tpu"), compute `dtype` and `head_dim`, after the VLLAVA_ATTENTION override."""
-    forced = os.environ.get(OVERRIDE_ENV, "")
-    every = sorted({name for names in IMPLEMENTATIONS.values() for name in names})
-    if forced and forced not in every:
-        raise ConfigError(f"environment variable {OVERRIDE_ENV}={forced!r} is not one of {every}")
+    forced = environment_override(OVERRIDE_ENV, {name for names in IMPLEMENTATIONS.values() for name in names})
     if forced in IMPLEMENTATIONS[kind]:
         return forced
     fused = jnp.dtype(dtype) in _FUSED_DTYPES
-    if platform in ("gpu", "cuda") and fused and head_dim % 8 == 0 and head_dim <= 128:
+    if platform in NVIDIA_PLATFORMS and fused and head_dim % 8 == 0 and head_dim <= 128:
         return "cudnn"
     if platform == "tpu" and fused and kind == "decoder":
         return "pallas_tpu"

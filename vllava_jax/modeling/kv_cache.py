@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.experimental.layout import Layout, with_layout_constraint
 
 from vllava_jax.config import TextConfig
-from vllava_jax.modeling.attention import compile_platform
+from vllava_jax.modeling.attention import NVIDIA_PLATFORMS, compile_platform
 
 # As jax.nn.dot_product_attention masks: finite, so a row with no visible key stays finite.
 _MASKED = 0.7 * float(jnp.finfo(jnp.float32).min)
@@ -81,7 +81,7 @@ def keep_layout(x: jax.Array) -> jax.Array:
     of a layer's slice sat in the reductions reading it): a transposed copy of the whole cache on
     the way into the decode loop and out of it, and into and out of the serving step
     (BENCHMARKS.md). Pinned on the stacks and on each layer's slice, the cache is read where it lies."""
-    if compile_platform() not in ("gpu", "cuda"):
+    if compile_platform() not in NVIDIA_PLATFORMS:
         return x
     return with_layout_constraint(x, Layout(major_to_minor=tuple(range(x.ndim))))
 

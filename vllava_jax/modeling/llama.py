@@ -8,16 +8,14 @@ attends over every valid slot (generation: one prefill, then one token per step,
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vllava_jax.config import DTypePolicy, TextConfig
-from vllava_jax.errors import ConfigError
 from vllava_jax.modeling import kv_cache
-from vllava_jax.modeling.attention import causal_attention, compile_platform, masked_attention
+from vllava_jax.modeling.attention import (NVIDIA_PLATFORMS, causal_attention, compile_platform, environment_override,
+                                           masked_attention)
 from vllava_jax.modeling.kv_cache import KVCache, SharedKV
 from vllava_jax.modeling.layers import Dense, RMSNorm, matmul_2d, param, scan_layers, stacked
 from vllava_jax.modeling.rope import apply_rotary, inverse_frequencies, rotary_tables
@@ -31,10 +29,8 @@ def unrolls_training_layers(platform: str) -> bool:
     """Whether the decoder's training forward (`LlamaDecoder.hidden_states`) compiled for
     `platform` unrolls its layers: on NVIDIA GPUs, unless the VLLAVA_DECODER_LAYERS environment
     variable ("scanned" or "unrolled", read when a step is traced) says otherwise."""
-    forced = os.environ.get(LAYERS_OVERRIDE_ENV, "")
-    if forced not in ("", "scanned", "unrolled"):
-        raise ConfigError(f"environment variable {LAYERS_OVERRIDE_ENV}={forced!r} is not 'scanned' or 'unrolled'")
-    return forced == "unrolled" if forced else platform in ("gpu", "cuda")
+    forced = environment_override(LAYERS_OVERRIDE_ENV, ("scanned", "unrolled"))
+    return forced == "unrolled" if forced else platform in NVIDIA_PLATFORMS
 
 
 class LlamaAttention(nnx.Module):

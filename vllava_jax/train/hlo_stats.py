@@ -333,19 +333,21 @@ _GEMM_CONTRACTING = re.compile(r'"gemm_backend_config":\{.*?"lhs_contracting_dim
 
 
 def _flops(ins: Instruction, shapes: dict[str, str]) -> float:
-    gemm = _GEMM_CONTRACTING.search(ins.attributes) if ins.opcode == "custom-call" else None
-    if ins.opcode == "dot" or gemm:
+    contracting = None
+    if ins.opcode == "dot":
+        contracting = _dims(ins.attributes, "lhs_contracting_dims")
+    elif ins.opcode == "custom-call":
+        gemm = _GEMM_CONTRACTING.search(ins.attributes)
+        if gemm is None:
+            stated = _STATED_FLOPS.search(ins.attributes)
+            return float(stated.group(1)) if stated else 0.0
+        contracting = [int(d) for d in re.findall(r"[0-9]+", gemm.group(1))]
+    if contracting is not None:
         lhs = arrays(shapes.get(ins.operands[0], ""))
         if not lhs:
             return 0.0
-        dims = [int(d) for d in re.findall(r"[0-9]+", gemm.group(1))] if gemm else _dims(ins.attributes,
-                                                                                         "lhs_contracting_dims")
-        contracted = math.prod(lhs[0][1][d] for d in dims)
         result = arrays(ins.shape)[0][1]  # a library gemm returns its workspace after the product
-        return 2.0 * math.prod(result) * contracted
-    if ins.opcode == "custom-call":
-        stated = _STATED_FLOPS.search(ins.attributes)
-        return float(stated.group(1)) if stated else 0.0
+        return 2.0 * math.prod(result) * math.prod(lhs[0][1][d] for d in contracting)
     if ins.opcode != "convolution":
         return 0.0
     # TPU rewrites dots as convolutions: batch dims become windows with lhs dilation, or a size-1

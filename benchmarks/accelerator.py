@@ -317,6 +317,8 @@ def main() -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # read when JAX starts its GPU client: torch shares it
     if args.llm_layers is not None and args.llm_layers < 1:
         parser.error(f"--llm-layers must be at least 1, got {args.llm_layers}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file, not a directory for accelerator.json")
     shapes = TINY if args.tiny else FULL
     layers = args.llm_layers or shapes.train_layers
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -92,3 +92,21 @@ def test_sections_measure_only_what_they_name(tmp_path, monkeypatch):
     assert report["failed"] == {}
     assert sorted(report["figures"]) == sorted(["measured bf16 matmul peak", "measured memory bandwidth",
                                                 "serve 2 in flight vs 1 at a time (ours)"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--llm-layers", "0"], "--llm-layers must be at least 1, got 0"),
+    (["--out", "{file}"], "--out {file} is a file, not a directory for accelerator.json"),
+])
+def test_a_mistaken_flag_is_one_error_line_and_leaves_files_alone(flags, message, tmp_path, monkeypatch, capsys):
+    from benchmarks import accelerator
+
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    flags = [f.format(file=mine) for f in flags]
+    monkeypatch.setattr(sys, "argv", ["accelerator", "--tiny", *flags])
+    with pytest.raises(SystemExit) as exit_status:
+        accelerator.main()
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"accelerator: error: {message.format(file=mine)}"
+    assert mine.read_text() == "mine"
